@@ -1,0 +1,1 @@
+"""The generative (seq2seq) recommender."""
