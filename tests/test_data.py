@@ -1,0 +1,179 @@
+"""Dataset formats, dense re-indexing, the leave-one-out protocol and bad-input errors."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from genrec.data import DataFormatError, leave_one_out, load_dataset
+from genrec.data.__main__ import main as data_main
+from tests.conftest import write_sequences_dataset
+
+
+def test_sequences_format_reindexes_densely(tiny_dataset):
+    ds = load_dataset(tiny_dataset)
+    assert ds.item_ids == [10, 20, 30, 40, 50]
+    assert ds.user_ids == [1, 2, 7]
+    assert [s.tolist() for s in ds.sequences] == [[0, 1, 2, 3], [1, 2], [3, 0, 4, 1, 2, 0]]
+    assert ds.items[0]["title"] == "Red &amp; Blue Lipstick"
+    stats = ds.stats()
+    assert (stats["users"], stats["items"], stats["interactions"]) == (3, 5, 12)
+    assert stats["max_seq_len"] == 6 and stats["avg_seq_len"] == 4.0 and stats["has_text"]
+
+
+def test_gzip_files_read_the_same(tiny_dataset, tmp_path):
+    gz = tmp_path / "gz"
+    gz.mkdir()
+    for name in ("sequences.txt", "items.jsonl"):
+        (gz / f"{name}.gz").write_bytes(gzip.compress((tiny_dataset / name).read_bytes()))
+    a, b = load_dataset(tiny_dataset), load_dataset(gz)
+    assert a.item_ids == b.item_ids and all((x == y).all() for x, y in zip(a.sequences, b.sequences))
+    assert a.items == b.items
+
+
+def test_leave_one_out_by_hand(tiny_dataset):
+    split = leave_one_out(load_dataset(tiny_dataset), max_len=3)
+    # user 0: [0,1,2,3] -> train [0,1], valid 2, test 3; user 1: [1,2] -> test only; user 2: [3,0,4,1,2,0]
+    assert split.test.target.tolist() == [3, 2, 0]
+    assert split.test.history.tolist() == [[0, 1, 2], [-1, -1, 1], [4, 1, 2]]
+    assert split.valid.target.tolist() == [2, 2]
+    assert split.valid.users.tolist() == [0, 2]
+    assert split.valid.history.tolist() == [[-1, 0, 1], [0, 4, 1]]
+    # sliding windows over each training part: user 0 [0,1] -> (0 -> 1); user 2 [3,0,4,1] -> 3 windows
+    assert split.train.users.tolist() == [0, 2, 2, 2]
+    assert split.train.target.tolist() == [1, 0, 4, 1]
+    assert split.train.history.tolist() == [[-1, -1, 0], [-1, -1, 3], [-1, 3, 0], [3, 0, 4]]
+    assert split.skipped == {"valid": 1, "test": 0, "train": 1}
+    assert split.test.lengths.tolist() == [3, 1, 3]
+
+
+def test_history_truncated_to_most_recent(tmp_path):
+    ds = load_dataset(write_sequences_dataset(tmp_path / "long", ["1 " + " ".join(map(str, range(1, 31)))]))
+    split = leave_one_out(ds, max_len=20)
+    assert split.test.history[0].tolist() == list(range(9, 29))  # dense = id - 1; the 20 items before the last
+    assert len(split.train) == 27
+
+
+def test_interactions_csv_sorted_by_time_with_header_and_k_core(tmp_path):
+    rows = ["user,item,timestamp,rating"]
+    rows += ["a,x,3,5", "a,y,1,4", "a,z,2,3", "b,x,5,1", "b,y,4,2", "c,w,1,1"]
+    (tmp_path / "inter.csv").write_text("\n".join(rows) + "\n")
+    ds = load_dataset(tmp_path / "inter.csv")
+    assert ds.user_ids == ["a", "b", "c"] and ds.item_ids == ["w", "x", "y", "z"]
+    assert [[ds.item_ids[i] for i in s] for s in ds.sequences] == [["y", "z", "x"], ["y", "x"], ["w"]]
+    core = load_dataset(tmp_path / "inter.csv", k_core_min=2)
+    assert core.user_ids == ["a", "b"] and core.item_ids == ["x", "y"]
+    assert core.dropped == {"2core_users": 1, "2core_items": 2, "2core_interactions": 2}
+
+
+def test_interactions_tsv_without_header(tmp_path):
+    (tmp_path / "t.tsv").write_text("1\t5\t100\n1\t6\t50\n2\t5\t1\n")
+    ds = load_dataset(tmp_path / "t.tsv")
+    assert [[ds.item_ids[i] for i in s] for s in ds.sequences] == [["6", "5"], ["5"]]
+
+
+def test_recbole_atomic_files(tmp_path):
+    d = tmp_path / "ml"
+    d.mkdir()
+    (d / "ml.inter").write_text(
+        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+        "1\t10\t5\t300\n1\t11\t3\t100\n2\t10\t4\t50\n2\t12\t4\t60\n"
+    )
+    (d / "ml.item").write_text(
+        "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+        "10\tToy Story\t1995\tAnimation Comedy\n11\tHeat\t1995\tAction\n12\tCasino\t1995\tDrama\n"
+    )
+    ds = load_dataset(d)
+    assert [[ds.item_ids[i] for i in s] for s in ds.sequences] == [["11", "10"], ["10", "12"]]
+    assert ds.items[0] == {"movie_title": "Toy Story", "release_year": "1995", "class": "Animation Comedy"}
+    assert load_dataset(d / "ml.inter").item_ids == ds.item_ids
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (["1 2 3", "2 4 x"], "tiny/sequences.txt:2: expected an integer item id, got 'x'"),
+        (["u1 2 3"], "sequences.txt:1: expected an integer user id"),
+        (["1 2 3", "2"], "sequences.txt:2: user 2 has no items"),
+        (["1 2 3", "2 4", "1 5"], "sequences.txt:3: user 1 is listed twice (first on line 1)"),
+        ([""], "no users found (empty dataset)"),
+    ],
+)
+def test_bad_sequences_name_file_and_line(tmp_path, lines, message):
+    path = write_sequences_dataset(tmp_path / "tiny", lines)
+    with pytest.raises(DataFormatError) as e:
+        load_dataset(path)
+    assert message in str(e.value)
+
+
+def test_bad_items_jsonl(tmp_path):
+    path = write_sequences_dataset(tmp_path / "a", ["1 1 2"])
+    (path / "items.jsonl").write_text('{"item_id": 1, "title": "x"}\n{"item_id": 2, "title": \n')
+    with pytest.raises(DataFormatError, match=r"items.jsonl:2: malformed JSON"):
+        load_dataset(path)
+    (path / "items.jsonl").write_text('{"item_id": 1}\n{"title": "y"}\n')
+    with pytest.raises(DataFormatError, match=r"items.jsonl:2: expected a JSON object with an \"item_id\""):
+        load_dataset(path)
+    (path / "items.jsonl").write_text('{"item_id": 1}\n{"item_id": 1}\n')
+    with pytest.raises(DataFormatError, match=r"items.jsonl:2: item 1 is listed twice"):
+        load_dataset(path)
+
+
+def test_item_missing_text_is_an_error_when_required_and_counted_otherwise(tmp_path):
+    path = write_sequences_dataset(tmp_path / "m", ["1 1 2 3"], [{"item_id": 1, "title": "a"}, {"item_id": 9}])
+    with pytest.raises(DataFormatError, match=r"2 items in the sequences have no entry in the item file, e\.g\. \[2, 3\]"):
+        load_dataset(path, require_text=True)
+    ds = load_dataset(path)
+    assert ds.dropped == {"items_without_text": 2, "item_records_not_in_sequences": 1}
+    assert ds.items == [{"title": "a"}, {}, {}]
+
+
+def test_bad_csv_and_recbole(tmp_path):
+    (tmp_path / "a.csv").write_text("u,i,t\n1,2,3\n1,2\n")
+    with pytest.raises(DataFormatError, match=r"a.csv:3: expected 3 or 4 columns"):
+        load_dataset(tmp_path / "a.csv")
+    (tmp_path / "b.csv").write_text("1,2,3\n1,2,later\n")
+    with pytest.raises(DataFormatError, match=r"b.csv:2: expected a numeric timestamp, got 'later'"):
+        load_dataset(tmp_path / "b.csv")
+    (tmp_path / "c.csv").write_text("user,item,timestamp\n")
+    with pytest.raises(DataFormatError, match="empty dataset"):
+        load_dataset(tmp_path / "c.csv")
+    (tmp_path / "d.inter").write_text("user_id:token\titem:token\n1\t2\n")
+    with pytest.raises(DataFormatError, match=r"d.inter:1: header has no 'item_id' column"):
+        load_dataset(tmp_path / "d.inter")
+    with pytest.raises(FileNotFoundError, match="neither a bundled dataset"):
+        load_dataset(tmp_path / "nope")
+
+
+def test_stats_cli_on_formats(tmp_path, tiny_dataset, capsys):
+    (tmp_path / "i.csv").write_text("u,i,t\n1,a,1\n1,b,2\n2,a,3\n")
+    assert data_main(["stats", str(tmp_path / "i.csv")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["users"], out["items"], out["interactions"], out["has_text"]) == (2, 2, 3, False)
+    assert data_main(["stats", str(tiny_dataset)]) == 0
+    assert json.loads(capsys.readouterr().out)["has_text"] is True
+    bad = write_sequences_dataset(tmp_path / "bad", ["1 2 x"])
+    assert data_main(["stats", str(bad)]) == 2
+    assert "sequences.txt:1: expected an integer item id" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("name", "users", "items", "interactions"),
+    [("amazon-beauty", 22363, 12101, 198502), ("amazon-sports", 35598, 18357, 296337)],
+)
+def test_bundled_datasets(name, users, items, interactions, capsys):
+    assert data_main(["stats", name]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["users"], out["items"], out["interactions"]) == (users, items, interactions)
+    assert out["has_text"] is (name == "amazon-beauty")
+    assert out["test_samples"] == users and out["valid_samples"] == users  # 5-core: every user has >= 5 items
+
+
+def test_bundled_beauty_items_all_have_text():
+    ds = load_dataset("amazon-beauty", require_text=True)
+    assert len(ds.items) == ds.n_items and all(r.get("title") for r in ds.items)
+    assert ds.item_ids[:3] == [1, 2, 3] and isinstance(ds.sequences[0], np.ndarray)

@@ -1,0 +1,9 @@
+"""genrec's training entry point: ``python train.py fit|validate|test|predict --config configs/....yaml``.
+
+Models and data modules are named in the config by ``class_path`` (Lightning CLI subclass mode); see ``configs/``.
+"""
+
+from genrec.cli import main
+
+if __name__ == "__main__":
+    main()
