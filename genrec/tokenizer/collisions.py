@@ -1,0 +1,164 @@
+"""Making semantic IDs unique: items that share all their codes must still be told apart by the recommender.
+
+Two strategies:
+
+- ``"extra_code"`` (TIGER §3.1, default): append one level; the items of a group that share an ID get 0, 1, 2, ...
+  in item-index order, everyone else 0. The level is appended even when nothing collides (its size is then 1), so
+  every artifact of a method has the same number of levels; its size is the largest group.
+- ``"reassign"`` (in the spirit of LC-Rec / LETTER, which keep IDs at l codes with a balanced last level): within
+  each (l-1)-prefix, items that collide keep the one closest to the shared code, and the others move, greedily by
+  distance, to the nearest last-level code that no item of that prefix uses. Greedy smallest-distance-first rather
+  than Sinkhorn: groups are small, and greedy never moves a non-colliding item.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor
+
+CollisionStrategy = Literal["extra_code", "reassign"]
+STRATEGIES: tuple[str, ...] = ("extra_code", "reassign")
+
+
+class CollisionStats(NamedTuple):
+    """How much a code matrix collides.
+
+    Attributes:
+        collision_rate: fraction of items whose ID is shared with at least one other item.
+        max_group: largest number of items sharing one ID (1 when all IDs are unique).
+        n_groups: number of IDs shared by two or more items.
+    """
+
+    collision_rate: float
+    max_group: int
+    n_groups: int
+
+
+def _groups(codes: Tensor) -> tuple[Tensor, Tensor]:
+    """(n,) group index of each row among identical rows, and (g,) size of each group."""
+    _, inverse, counts = torch.unique(codes, dim=0, return_inverse=True, return_counts=True)
+    return inverse, counts
+
+
+def collision_stats(codes: Tensor) -> CollisionStats:
+    """Collision statistics of ``codes`` (n, l) int64."""
+    inverse, counts = _groups(codes)
+    shared = counts[inverse] > 1
+    return CollisionStats(
+        collision_rate=float(shared.float().mean()),
+        max_group=int(counts.max()),
+        n_groups=int((counts > 1).sum()),
+    )
+
+
+def assert_unique(codes: Tensor) -> None:
+    """Raises ValueError naming colliding items if two rows of ``codes`` (n, l) are equal."""
+    inverse, counts = _groups(codes)
+    if int(counts.max()) > 1:
+        group = int(counts.argmax())
+        items = torch.nonzero(inverse == group).flatten()[:10].tolist()
+        raise ValueError(
+            f"semantic IDs are not unique: {int((counts > 1).sum())} IDs are shared; e.g. items {items} all have "
+            f"ID {codes[items[0]].tolist()}"
+        )
+
+
+def append_collision_code(codes: Tensor) -> Tensor:
+    """TIGER's extra level: the rank of each item within its group of identical IDs (item-index order).
+
+    Args:
+        codes: (n, l) int64.
+
+    Returns:
+        (n, l + 1) int64; the new last column is in [0, max_group).
+    """
+    inverse, counts = _groups(codes)
+    order = torch.argsort(inverse, stable=True)
+    starts = torch.cumsum(counts, dim=0) - counts  # first position of each group in ``order``
+    rank = torch.empty_like(inverse)
+    rank[order] = torch.arange(codes.shape[0], device=codes.device) - starts[inverse[order]]
+    return torch.cat([codes, rank.unsqueeze(1)], dim=1)
+
+
+def reassign_last_level(codes: Tensor, distances: Tensor) -> Tensor:
+    """Keeps IDs at l codes by moving colliding items to free last-level codes of their prefix.
+
+    Args:
+        codes: (n, l) int64, last column in [0, k).
+        distances: (n, k) float, cost of giving item i last-level code j (e.g. squared distance from its last
+            residual to that codebook row).
+
+    Returns:
+        (n, l) int64 with unique rows; only colliding items' last code changes.
+
+    Raises:
+        ValueError: if some (l-1)-prefix holds more than k items (no assignment can make them unique).
+    """
+    n, k = distances.shape
+    if codes.shape[0] != n:
+        raise ValueError(f"codes has {codes.shape[0]} rows but distances has {n}")
+    # With one level, every item shares the empty prefix.
+    prefix = codes[:, :-1] if codes.shape[1] > 1 else torch.zeros(n, 1, dtype=codes.dtype, device=codes.device)
+    prefix_inverse, prefix_counts = _groups(prefix)
+    if int(prefix_counts.max()) > k:
+        group = int(prefix_counts.argmax())
+        first = int(torch.nonzero(prefix_inverse == group)[0])
+        raise ValueError(
+            f"collision strategy 'reassign': prefix {codes[first, :-1].tolist()} holds {int(prefix_counts.max())} "
+            f"items but the last level has only {k} codes; use collision='extra_code' or a larger codebook"
+        )
+    out = codes.clone()
+    id_inverse, id_counts = _groups(codes)
+    colliding = id_counts[id_inverse] > 1
+    cost = distances.detach().float().cpu()
+    for group in torch.unique(prefix_inverse[colliding]).tolist():
+        members = torch.nonzero(prefix_inverse == group).flatten().cpu()
+        last = codes[members, -1].cpu()
+        used = torch.zeros(k, dtype=torch.bool)
+        used[last] = True
+        movers = []
+        for code in torch.unique(last).tolist():
+            holders = members[last == code]
+            if holders.numel() > 1:
+                # The holder closest to the shared code keeps it; the rest move.
+                keep = int(cost[holders, code].argmin())
+                movers.extend(h for j, h in enumerate(holders.tolist()) if j != keep)
+        free = torch.nonzero(~used).flatten()
+        block = cost[movers][:, free].clone()  # (m, f)
+        for _ in range(len(movers)):
+            flat = int(block.argmin())
+            row, col = divmod(flat, block.shape[1])
+            out[movers[row], -1] = int(free[col])
+            block[row, :] = float("inf")
+            block[:, col] = float("inf")
+    return out
+
+
+def resolve_collisions(
+    codes: Tensor, *, strategy: CollisionStrategy, codebook_size: int, distances: Tensor | None = None
+) -> tuple[Tensor, tuple[int, ...]]:
+    """Makes every semantic ID unique and checks it.
+
+    Args:
+        codes: (n, l) int64 in [0, codebook_size).
+        strategy: ``"extra_code"`` or ``"reassign"`` (see the module docstring).
+        codebook_size: codes per level k.
+        distances: (n, k) float, needed by ``"reassign"``.
+
+    Returns:
+        The unique codes, (n, l + 1) for ``"extra_code"`` and (n, l) for ``"reassign"``, and the size of each level.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"collision strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if strategy == "extra_code":
+        out = append_collision_code(codes)
+        sizes = (codebook_size,) * codes.shape[1] + (int(out[:, -1].max()) + 1,)
+    else:
+        if distances is None:
+            raise ValueError("collision strategy 'reassign' needs the (n, k) last-level distances")
+        out = reassign_last_level(codes, distances)
+        sizes = (codebook_size,) * codes.shape[1]
+    assert_unique(out)
+    return out, sizes

@@ -1,0 +1,100 @@
+"""From a fitted quantizer to a saved artifact: collision handling, metrics, files, logger output.
+
+Shared by both LightningModules (a function, not a base class: the two fit very differently).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+import genrec
+from genrec.tokenizer.artifact import PLOT_FILE, SemanticIds, feature_fingerprint, load_tokenizer, save_tokenizer
+from genrec.tokenizer.collisions import CollisionStrategy, resolve_collisions
+from genrec.tokenizer.metrics import flat_metrics, tokenizer_metrics
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def export_tokenizer(
+    directory: str | Path,
+    *,
+    features: Tensor,
+    raw_codes: Tensor,
+    last_distances: Tensor,
+    reconstruct: Callable[[Tensor], Tensor],
+    codebooks: Tensor,
+    collision: CollisionStrategy,
+    config: dict,
+    fit_seconds: float,
+) -> SemanticIds:
+    """Makes the IDs unique, measures them and writes the artifact.
+
+    Args:
+        directory: artifact folder, e.g. ``tokenizers/beauty-rqkmeans``.
+        features: (n, d) float, the matrix the tokenizer was fitted on (row = dense item).
+        raw_codes: (n, l) int64, the quantizer's codes before collision handling.
+        last_distances: (n, k) float, distance of each item's last residual to each last-level code.
+        reconstruct: maps (n, l) codes to (n, d) reconstructions of ``features``.
+        codebooks: (l, k, d') float.
+        collision: collision strategy (see ``genrec.tokenizer.collisions``).
+        config: what produced the tokenizer; saved as config.json with the collision strategy and versions added.
+        fit_seconds: wall-clock fitting time.
+
+    Returns:
+        The artifact as :func:`load_tokenizer` reads it back.
+    """
+    levels = raw_codes.shape[1]
+    codes, level_sizes = resolve_collisions(
+        raw_codes, strategy=collision, codebook_size=codebooks.shape[1], distances=last_distances
+    )
+    # Measured on the final first-l codes: "reassign" moves some items, and the metric should describe the IDs used.
+    reconstruction = reconstruct(codes[:, :levels])
+    metrics = tokenizer_metrics(
+        features=features,
+        reconstruction=reconstruction,
+        raw_codes=raw_codes,
+        codes=codes,
+        level_sizes=level_sizes,
+        fit_seconds=fit_seconds,
+    )
+    full_config = {
+        **config,
+        "collision": collision,
+        "feature_shape": list(features.shape),
+        "genrec_version": genrec.__version__,
+        "torch_version": torch.__version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    save_tokenizer(
+        directory,
+        codes=codes,
+        level_sizes=level_sizes,
+        codebooks=codebooks,
+        config=full_config,
+        metrics=metrics,
+        fingerprint=feature_fingerprint(features),
+    )
+    log.info("tokenizer written to %s: %s", directory, metrics)
+    return load_tokenizer(directory)
+
+
+def log_tokenizer(loggers: Sequence, ids: SemanticIds, *, step: int = 0) -> None:
+    """Sends an artifact's metrics to every logger, and its plot to loggers that take images (e.g. WandbLogger).
+
+    Args:
+        loggers: Lightning loggers (``trainer.loggers``; empty with ``logger: false``).
+        ids: the saved artifact.
+        step: global step to log at.
+    """
+    scalars = flat_metrics(ids.metrics)
+    for logger in loggers:
+        logger.log_metrics(scalars, step=step)
+        if hasattr(logger, "log_image") and ids.path is not None:
+            logger.log_image(key="tokenizer/items_per_code", images=[str(ids.path / PLOT_FILE)], step=step)

@@ -1,0 +1,269 @@
+"""Thin LightningModules that fit a tokenizer with ``train.py fit`` and write its artifact when fit ends.
+
+Both read the catalogue from an :class:`~genrec.tokenizer.datamodule.ItemFeatures` datamodule, derive the input
+width from it (``input_dim`` is filled in at setup and saved with the hyperparameters), and on ``on_fit_end`` encode
+every item, resolve collisions and write ``output_dir`` (skipped under ``fast_dev_run``, which must not overwrite a
+real artifact).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+from genrec.tokenizer.collisions import STRATEGIES, CollisionStrategy
+from genrec.tokenizer.export import export_tokenizer, log_tokenizer
+from genrec.tokenizer.residual import last_level_distances
+from genrec.tokenizer.rq_kmeans import ResidualKMeans
+from genrec.tokenizer.rqvae import RQVAE
+
+log = logging.getLogger(__name__)
+
+
+def _datamodule_features(trainer: pl.Trainer) -> tuple[Tensor, dict]:
+    """The full (n, d) feature matrix and description of the trainer's datamodule."""
+    datamodule = getattr(trainer, "datamodule", None)
+    if getattr(datamodule, "features", None) is None or not hasattr(datamodule, "describe"):
+        raise RuntimeError(
+            "tokenizer modules need an ItemFeatures datamodule (data: class_path: "
+            "genrec.tokenizer.datamodule.ItemFeatures) to read the whole catalogue"
+        )
+    return datamodule.features, datamodule.describe()
+
+
+def _derive_input_dim(module: pl.LightningModule, features: Tensor) -> bool:
+    """Fills ``hparams.input_dim`` from the data; True if the module still has to be built."""
+    width = features.shape[1]
+    if module.hparams.input_dim is None:
+        module.hparams["input_dim"] = width
+        return True
+    if module.hparams.input_dim != width:
+        raise ValueError(f"model input_dim={module.hparams.input_dim} but the item features have width {width}")
+    return False
+
+
+def _check_collision(collision: str) -> None:
+    if collision not in STRATEGIES:
+        raise ValueError(f"collision must be one of {STRATEGIES}, got {collision!r}")
+
+
+class RQKMeansTokenizer(pl.LightningModule):
+    """Residual k-means (GRID) under Lightning: one training step fits all levels on the whole catalogue.
+
+    Configure the datamodule with ``batch_size: null`` (one batch = every item) and the trainer with
+    ``max_epochs: 1``; there is nothing to optimise by gradient.
+
+    Args:
+        output_dir: artifact folder, e.g. ``tokenizers/beauty-rqkmeans``.
+        input_dim: feature width; None to take it from the datamodule.
+        levels: code levels l.
+        codebook_size: codes per level k.
+        max_iter: Lloyd iterations at most per level.
+        tol: relative inertia improvement below which a level stops.
+        seed: k-means++ seed.
+        collision: ``"extra_code"`` (TIGER) or ``"reassign"``; see ``genrec.tokenizer.collisions``.
+    """
+
+    def __init__(
+        self,
+        *,
+        output_dir: str,
+        input_dim: int | None = None,
+        levels: int = 3,
+        codebook_size: int = 256,
+        max_iter: int = 100,
+        tol: float = 1e-4,
+        seed: int = 0,
+        collision: CollisionStrategy = "extra_code",
+    ) -> None:
+        super().__init__()
+        _check_collision(collision)
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.quantizer: ResidualKMeans | None = None
+        self.fit_seconds = 0.0
+        if input_dim is not None:
+            self._build(input_dim)
+
+    def _build(self, input_dim: int) -> None:
+        hp = self.hparams
+        self.quantizer = ResidualKMeans(
+            input_dim=input_dim,
+            levels=hp.levels,
+            codebook_size=hp.codebook_size,
+            max_iter=hp.max_iter,
+            tol=hp.tol,
+            seed=hp.seed,
+        )
+
+    def setup(self, stage: str) -> None:
+        features, _ = _datamodule_features(self.trainer)
+        if _derive_input_dim(self, features):
+            self._build(features.shape[1])
+
+    def configure_optimizers(self) -> None:
+        return None
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> None:
+        features, _ = _datamodule_features(self.trainer)
+        if batch.shape[0] != features.shape[0]:
+            raise ValueError(
+                f"RQ-KMeans fits on the whole catalogue in one step, but got a batch of {batch.shape[0]} of "
+                f"{features.shape[0]} items; set data.init_args.batch_size: null"
+            )
+        if bool(self.quantizer.fitted):
+            return None  # a later epoch: the codebooks are final
+        start = time.perf_counter()
+        self.quantizer.fit(batch)
+        self.fit_seconds = time.perf_counter() - start
+        return None
+
+    def on_fit_end(self) -> None:
+        if self.trainer.fast_dev_run:
+            log.info("fast_dev_run: tokenizer artifact not written")
+            return
+        features, data = _datamodule_features(self.trainer)
+        x = features.to(self.device)
+        q = self.quantizer.quantize(x)
+        ids = export_tokenizer(
+            self.hparams.output_dir,
+            features=x,
+            raw_codes=q.codes,
+            last_distances=last_level_distances(q, self.quantizer.codebooks),
+            reconstruct=self.quantizer.decode,
+            codebooks=self.quantizer.codebooks,
+            collision=self.hparams.collision,
+            config={"method": "rq-kmeans", "hparams": dict(self.hparams), "data": data},
+            fit_seconds=self.fit_seconds,
+        )
+        log_tokenizer(self.trainer.loggers, ids, step=self.global_step)
+
+
+class RQVAETokenizer(pl.LightningModule):
+    """TIGER's RQ-VAE under Lightning: AdamW on reconstruction + quantization loss, dead-code re-seeding.
+
+    The first training batch sets the input standardisation and k-means-initialises the codebooks. Codes that no
+    item of an epoch picked are re-seeded at the next step from random residuals of that step's batch.
+
+    Args:
+        output_dir: artifact folder, e.g. ``tokenizers/beauty-rqvae``.
+        input_dim: feature width; None to take it from the datamodule.
+        encoder_dims: encoder widths after the input, the last being the latent width (TIGER: 512, 256, 128, 32).
+        levels: code levels l.
+        codebook_size: codes per level k.
+        beta: commitment weight (TIGER: 0.25).
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        collision: ``"extra_code"`` (TIGER) or ``"reassign"``; see ``genrec.tokenizer.collisions``.
+    """
+
+    def __init__(
+        self,
+        *,
+        output_dir: str,
+        input_dim: int | None = None,
+        encoder_dims: tuple[int, ...] = (512, 256, 128, 32),
+        levels: int = 3,
+        codebook_size: int = 256,
+        beta: float = 0.25,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        collision: CollisionStrategy = "extra_code",
+    ) -> None:
+        super().__init__()
+        _check_collision(collision)
+        self.save_hyperparameters()
+        self.model: RQVAE | None = None
+        self.fit_start = 0.0
+        self._dead: Tensor | None = None
+        if input_dim is not None:
+            self._build(input_dim)
+
+    def _build(self, input_dim: int) -> None:
+        hp = self.hparams
+        self.model = RQVAE(
+            input_dim=input_dim,
+            encoder_dims=tuple(hp.encoder_dims),
+            levels=hp.levels,
+            codebook_size=hp.codebook_size,
+            beta=hp.beta,
+        )
+        # Per-code pick counts over the current epoch, for dead-code re-seeding and the usage log.
+        self.register_buffer("usage", torch.zeros(hp.levels, hp.codebook_size, dtype=torch.long), persistent=False)
+
+    def setup(self, stage: str) -> None:
+        features, _ = _datamodule_features(self.trainer)
+        if features.shape[0] < self.hparams.codebook_size:
+            raise ValueError(
+                f"RQ-VAE: cannot fit {self.hparams.codebook_size} codes per level to {features.shape[0]} items; "
+                "use a smaller codebook_size"
+            )
+        if _derive_input_dim(self, features):
+            self._build(features.shape[1])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.model.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    def on_fit_start(self) -> None:
+        self.fit_start = time.perf_counter()
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        if not bool(self.model.initialized):
+            self.model.initialize(batch)
+        if self._dead is not None:
+            # Before the real forward: editing codebooks after it would invalidate the autograd graph.
+            with torch.no_grad():
+                residuals = self.model.quantize(self.model.encode(batch)).residuals
+            n = self.model.reseed_codes(self._dead.to(self.device), residuals)
+            self.log("train/reseeded_codes", float(n), on_step=True, on_epoch=False)
+            self._dead = None
+        out = self.model(batch)
+        self.usage += torch.stack(
+            [torch.bincount(out.codes[:, j], minlength=self.hparams.codebook_size) for j in range(out.codes.shape[1])]
+        )
+        self.log_dict(
+            {
+                "train/loss": out.loss,
+                "train/reconstruction_loss": out.reconstruction_loss,
+                "train/quantization_loss": out.quantization_loss,
+            },
+            prog_bar=True,
+            on_step=True,
+            on_epoch=True,
+        )
+        return out.loss
+
+    def on_train_epoch_end(self) -> None:
+        used = self.usage > 0
+        for j, fraction in enumerate(used.float().mean(dim=1).tolist()):
+            self.log(f"train/usage/level_{j}", fraction)
+        if not bool(used.all()):
+            self._dead = ~used
+        self.usage.zero_()
+
+    @torch.no_grad()
+    def on_fit_end(self) -> None:
+        if self.trainer.fast_dev_run:
+            log.info("fast_dev_run: tokenizer artifact not written")
+            return
+        fit_seconds = time.perf_counter() - self.fit_start
+        features, data = _datamodule_features(self.trainer)
+        self.model.eval()
+        x = features.to(self.device)
+        q = self.model.quantize(self.model.encode(x))
+        ids = export_tokenizer(
+            self.hparams.output_dir,
+            features=x,
+            raw_codes=q.codes,
+            last_distances=last_level_distances(q, self.model.codebooks),
+            reconstruct=lambda codes: self.model.decode(self.model.decode_codes(codes)),
+            codebooks=self.model.codebooks,
+            collision=self.hparams.collision,
+            config={"method": "rq-vae", "hparams": dict(self.hparams), "data": data},
+            fit_seconds=fit_seconds,
+        )
+        log_tokenizer(self.trainer.loggers, ids, step=self.global_step)

@@ -1,0 +1,374 @@
+"""Invariant tests of the item tokenizer: k-means, residual quantization, RQ-VAE, collisions, artifacts, errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from genrec.tokenizer import (
+    RQVAE,
+    NpyFeatures,
+    ResidualKMeans,
+    TextEmbeddings,
+    append_collision_code,
+    assert_unique,
+    collision_stats,
+    decode_codes,
+    feature_fingerprint,
+    fuse_features,
+    load_tokenizer,
+    reassign_last_level,
+    resolve_collisions,
+    save_tokenizer,
+)
+from genrec.tokenizer.kmeans import kmeans
+
+
+def clustered(n: int = 600, d: int = 24, centres: int = 40, noise: float = 0.05, seed: int = 0) -> torch.Tensor:
+    """(n, d) points around ``centres`` well-separated random centres."""
+    g = torch.Generator().manual_seed(seed)
+    means = torch.randn(centres, d, generator=g) * 3
+    labels = torch.arange(n) % centres
+    return means[labels] + noise * torch.randn(n, d, generator=g)
+
+
+# --- k-means -----------------------------------------------------------------------------------------------------
+
+
+def test_kmeans_plusplus_uses_the_codes_on_separated_clusters():
+    x = clustered(n=640, centres=64, noise=0.01)
+    result = kmeans(x, 64, max_iter=1, seed=3)  # one Lloyd step: what the seeding found
+    assert result.assignments.unique().numel() >= 0.9 * 64
+    # Converged k-means on separated clusters recovers them exactly: every cluster is one code.
+    full = kmeans(x, 64, seed=3)
+    labels = torch.arange(640) % 64
+    assert torch.unique(torch.stack([labels, full.assignments], 1), dim=0).shape[0] == 64
+
+
+def test_kmeans_reseeds_dead_clusters():
+    # 20 tight clusters, and a start where 5 centroids sit far from every point: those 5 get no points and must be
+    # moved onto badly served points until every cluster is found.
+    x = clustered(n=100, centres=20, noise=0.01)
+    init = torch.cat([x[:15], torch.full((5, x.shape[1]), 1e3)])
+    result = kmeans(x, 20, init=init)
+    assert result.assignments.unique().numel() == 20
+    assert result.inertia < 1e-2 * kmeans(x, 20, init=init, max_iter=0).inertia
+
+
+def test_kmeans_assignments_match_final_centroids():
+    x = clustered()
+    result = kmeans(x, 16, max_iter=3)
+    d2 = torch.cdist(x, result.centroids)
+    assert torch.equal(d2.argmin(dim=1), result.assignments)
+
+
+def test_kmeans_rejects_fewer_items_than_codes_and_non_finite_rows():
+    with pytest.raises(ValueError, match="cannot fit 32 codes to 10 items"):
+        kmeans(torch.randn(10, 4), 32)
+    x = torch.randn(50, 4)
+    x[7, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"first rows \[7\]"):
+        kmeans(x, 4)
+
+
+# --- residual quantization ---------------------------------------------------------------------------------------
+
+
+def test_rq_kmeans_decode_reproduces_quantized_and_residuals_shrink():
+    x = clustered(d=17)
+    rq = ResidualKMeans(input_dim=17, levels=3, codebook_size=16).fit(x)
+    q = rq.quantize(x)
+    assert q.codes.shape == (600, 3) and q.codes.dtype == torch.int64
+    torch.testing.assert_close(rq.decode(q.codes), q.quantized)
+    torch.testing.assert_close(decode_codes(rq.codebooks, q.codes), q.quantized)
+    # The last residual minus the last code is what is left: x - quantized.
+    torch.testing.assert_close(q.residuals[:, -1] - q.selected[:, -1], x - q.quantized, atol=1e-5, rtol=1e-5)
+    energy = q.residuals.pow(2).sum(dim=2).mean(dim=0)  # (l,) mean squared norm each level quantizes
+    final = (x - q.quantized).pow(2).sum(dim=1).mean()
+    assert torch.all(energy[1:] <= energy[:-1]) and final <= energy[-1]
+
+
+def test_rq_kmeans_level_with_fewer_items_than_codes():
+    with pytest.raises(ValueError, match="level 0: cannot fit 64 codes to 30 items"):
+        ResidualKMeans(input_dim=4, codebook_size=64).fit(torch.randn(30, 4))
+
+
+def test_rqvae_decode_reproduces_quantized_and_residuals_shrink():
+    torch.manual_seed(0)
+    x = clustered(n=300, d=19)
+    model = RQVAE(input_dim=19, encoder_dims=(23, 7), levels=3, codebook_size=8)
+    model.initialize(x)
+    z = model.encode(x)
+    q = model.quantize(z)
+    torch.testing.assert_close(model.decode_codes(q.codes), q.quantized)
+    out = model(x)
+    assert torch.equal(out.codes, q.codes)
+    assert out.reconstruction.shape == x.shape and out.quantized.shape == (300, 7)
+    energy = q.residuals.pow(2).sum(dim=2).mean(dim=0)
+    assert torch.all(energy[1:] <= energy[:-1])
+
+
+def test_rqvae_reseed_moves_dead_codes_onto_residuals():
+    model = RQVAE(input_dim=5, encoder_dims=(6, 3), levels=2, codebook_size=4)
+    residuals = torch.randn(10, 2, 3)
+    dead = torch.tensor([[True, False, False, False], [False, False, True, True]])
+    before = model.codebooks.detach().clone()
+    assert model.reseed_codes(dead, residuals) == 3
+    after = model.codebooks.detach()
+    assert torch.equal(after[~dead], before[~dead])
+    for level, code in torch.nonzero(dead).tolist():
+        assert (after[level, code] == residuals[:, level]).all(dim=1).any()
+
+
+# --- collisions --------------------------------------------------------------------------------------------------
+
+
+def colliding_codes() -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(3, (300, 3), generator=g)  # 27 possible IDs for 300 items: many collisions
+
+
+def test_extra_code_is_rank_within_each_collision_group():
+    codes = colliding_codes()
+    out = append_collision_code(codes)
+    assert torch.equal(out[:, :3], codes)
+    assert_unique(out)
+    for row in torch.unique(codes, dim=0):
+        members = (codes == row).all(dim=1)
+        extra = out[members, -1]
+        assert extra.tolist() == list(range(int(members.sum())))  # 0..g-1 in item order
+
+
+def test_extra_code_level_is_added_even_without_collisions():
+    codes = torch.tensor([[0, 1], [1, 0], [1, 1]])
+    out, sizes = resolve_collisions(codes, strategy="extra_code", codebook_size=2)
+    assert sizes == (2, 2, 1) and out[:, -1].tolist() == [0, 0, 0]
+
+
+def test_reassign_makes_ids_unique_and_moves_only_colliding_items():
+    g = torch.Generator().manual_seed(2)
+    codes = torch.randint(4, (120, 3), generator=g)
+    codes[:, 2] = torch.randint(3, (120,), generator=g)  # last level crowded on 3 of 16 codes
+    distances = torch.rand(120, 16, generator=g)
+    out, sizes = resolve_collisions(codes, strategy="reassign", codebook_size=16, distances=distances)
+    assert sizes == (16, 16, 16)
+    assert_unique(out)
+    assert torch.equal(out[:, :2], codes[:, :2])
+    _, inverse, counts = torch.unique(codes, dim=0, return_inverse=True, return_counts=True)
+    alone = counts[inverse] == 1
+    assert torch.equal(out[alone], codes[alone])
+
+
+def test_reassign_moves_to_nearest_free_code():
+    codes = torch.tensor([[0, 1], [0, 1], [1, 1]])
+    distances = torch.tensor([[0.5, 0.1, 9.0, 0.2], [0.3, 0.2, 9.0, 0.9], [0.0, 0.0, 0.0, 0.0]])
+    out = reassign_last_level(codes, distances)
+    # Item 0 is closer to the shared code 1 (0.1 < 0.2) and keeps it; item 1 moves to its nearest free code, 0.
+    assert out.tolist() == [[0, 1], [0, 0], [1, 1]]
+
+
+def test_reassign_rejects_a_prefix_with_more_items_than_codes():
+    codes = torch.zeros(5, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"prefix \[0\] holds 5 items but the last level has only 4 codes"):
+        reassign_last_level(codes, torch.rand(5, 4))
+
+
+def test_collision_stats_and_assert_unique():
+    codes = torch.tensor([[0, 0], [0, 0], [0, 0], [1, 0], [2, 2], [2, 2]])
+    stats = collision_stats(codes)
+    assert stats.collision_rate == pytest.approx(5 / 6) and stats.max_group == 3 and stats.n_groups == 2
+    with pytest.raises(ValueError, match=r"items \[0, 1, 2\]"):
+        assert_unique(codes)
+
+
+# --- features ----------------------------------------------------------------------------------------------------
+
+
+def test_fuse_features_normalises_and_weights(tmp_path):
+    a, b = torch.randn(10, 3) * 5, torch.randn(10, 4) * 100 + 7
+    sources = [NpyFeatures(path="a.npy"), NpyFeatures(path="b.npy", normalize="standardize", weight=2)]
+    fused = fuse_features([a, b], sources)
+    assert fused.shape == (10, 7)
+    torch.testing.assert_close(fused[:, :3].norm(dim=1), torch.ones(10))
+    torch.testing.assert_close(fused[:, 3:].pow(2).sum(dim=1).mean(), torch.tensor(4.0 * 9 / 10))  # unbiased std
+    np.save(tmp_path / "f.npy", b.numpy())
+    torch.testing.assert_close(NpyFeatures(path=str(tmp_path / "f.npy")).load("any"), b)
+
+
+def test_fuse_features_errors_name_source_and_rows():
+    bad = torch.randn(8, 3)
+    bad[2, 0] = float("inf")
+    bad[5, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"feature source 1 .*rows hold NaN or inf \(dense item indices \[2, 5\]\)"):
+        fuse_features([torch.randn(8, 2), bad], [NpyFeatures(path="ok.npy"), NpyFeatures(path="bad.npy")])
+    with pytest.raises(ValueError, match=r"disagree on the number of items.*8 rows.*bad.npy.*7"):
+        fuse_features([torch.randn(8, 2), torch.randn(7, 2)], [NpyFeatures(path="ok.npy"), NpyFeatures(path="bad.npy")])
+
+
+def test_feature_sources_validate_choices():
+    with pytest.raises(ValueError, match="normalize must be one of"):
+        TextEmbeddings(normalize="zscore")
+    with pytest.raises(ValueError, match="weight must be > 0"):
+        NpyFeatures(path="x.npy", weight=0)
+
+
+# --- artifact ----------------------------------------------------------------------------------------------------
+
+
+def test_artifact_round_trip(tmp_path):
+    x = clustered(n=200, d=6)
+    rq = ResidualKMeans(input_dim=6, levels=2, codebook_size=8).fit(x)
+    codes, sizes = resolve_collisions(rq.encode(x), strategy="extra_code", codebook_size=8)
+    fingerprint = feature_fingerprint(x)
+    save_tokenizer(
+        tmp_path / "tok",
+        codes=codes,
+        level_sizes=sizes,
+        codebooks=rq.codebooks,
+        config={"method": "rq-kmeans"},
+        metrics={"usage": [1.0, 1.0]},
+        fingerprint=fingerprint,
+    )
+    ids = load_tokenizer(tmp_path / "tok")
+    assert torch.equal(ids.codes, codes) and ids.codes.dtype == torch.int64
+    assert ids.level_sizes == sizes and ids.levels == 3 and ids.n_items == 200
+    torch.testing.assert_close(ids.codebooks, rq.codebooks)
+    assert ids.config == {"method": "rq-kmeans"} and ids.metrics["usage"] == [1.0, 1.0]
+    assert ids.fingerprint == fingerprint
+    assert (tmp_path / "tok" / "items_per_code.png").stat().st_size > 0
+    ids.check_features(x)
+    with pytest.raises(ValueError, match="do not match the fingerprint"):
+        ids.check_features(x + 1)
+
+
+def test_fingerprint_depends_on_shape_and_values():
+    x = torch.arange(12.0)
+    assert feature_fingerprint(x.reshape(3, 4)) != feature_fingerprint(x.reshape(4, 3))
+    assert feature_fingerprint(x.reshape(3, 4)) == feature_fingerprint(x.reshape(3, 4).double())
+
+
+def test_load_tokenizer_rejects_missing_or_duplicate(tmp_path):
+    with pytest.raises(FileNotFoundError, match="has no codes.npy"):
+        load_tokenizer(tmp_path)
+    kwargs = dict(level_sizes=(2, 2), codebooks=None, config={}, metrics={}, fingerprint="x", plot=False)
+    with pytest.raises(ValueError, match="not unique"):
+        save_tokenizer(tmp_path / "dup", codes=torch.tensor([[0, 1], [0, 1]]), **kwargs)
+    with pytest.raises(ValueError, match="outside"):
+        save_tokenizer(tmp_path / "range", codes=torch.tensor([[0, 2]]), **kwargs)
+
+
+def test_tokenizers_folder_does_not_shadow_huggingface():
+    spec = importlib.util.find_spec("tokenizers")
+    assert spec is not None and "site-packages" in str(spec.origin)
+    repo = Path(__file__).resolve().parents[1]
+    assert not list((repo / "tokenizers").glob("**/*.py"))
+
+
+# --- Lightning ---------------------------------------------------------------------------------------------------
+
+
+def _trainer(tmp_path, **kwargs):
+    import lightning.pytorch as pl
+
+    return pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        **kwargs,
+    )
+
+
+def test_rqvae_lightning_trains_and_writes_artifact(tmp_path):
+    import lightning.pytorch as pl
+
+    from genrec.tokenizer.datamodule import ItemFeatures
+    from genrec.tokenizer.lightning import RQVAETokenizer
+
+    pl.seed_everything(0)
+    x = clustered(n=512, d=20, centres=30, noise=0.3)
+    data = ItemFeatures(features=x, batch_size=128)
+    module = RQVAETokenizer(output_dir=str(tmp_path / "vae"), encoder_dims=(32, 8), codebook_size=16, lr=3e-3)
+    losses = []
+
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(float(outputs["loss"]))
+
+    trainer = _trainer(tmp_path, max_epochs=30, callbacks=[Record()])
+    trainer.fit(module, datamodule=data)
+    assert module.hparams.input_dim == 20  # derived from the data, so load_from_checkpoint can rebuild it
+    trainer.save_checkpoint(tmp_path / "vae.ckpt")
+    restored = RQVAETokenizer.load_from_checkpoint(tmp_path / "vae.ckpt")
+    assert torch.equal(restored.model.quantize(restored.model.encode(x)).codes, module.model(x).codes)
+    assert len(losses) == 120 and np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8])
+    ids = load_tokenizer(tmp_path / "vae")
+    assert ids.codes.shape == (512, 4) and ids.level_sizes[:3] == (16, 16, 16)
+    assert ids.config["method"] == "rq-vae" and ids.config["hparams"]["input_dim"] == 20
+    metrics = json.loads((tmp_path / "vae" / "metrics.json").read_text())
+    assert set(metrics) >= {"reconstruction_error", "usage", "perplexity", "collision_rate", "max_group", "fit_seconds"}
+
+
+def test_rqkmeans_lightning_fits_in_one_step(tmp_path):
+    from genrec.tokenizer.datamodule import ItemFeatures
+    from genrec.tokenizer.lightning import RQKMeansTokenizer
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    class ImageLogger(CSVLogger):  # stands in for WandbLogger, the logger that takes images
+        images: list = []
+
+        def log_image(self, key, images, step=None):
+            self.images.append((key, images))
+
+    x = clustered(n=300, d=9)
+    module = RQKMeansTokenizer(output_dir=str(tmp_path / "km"), codebook_size=32, collision="reassign")
+    logger = ImageLogger(tmp_path / "logs")
+    trainer = _trainer(tmp_path, max_epochs=1)
+    trainer.loggers = [logger]
+    trainer.fit(module, datamodule=ItemFeatures(features=x, batch_size=None))
+    ids = load_tokenizer(tmp_path / "km")
+    assert ids.codes.shape == (300, 3) and ids.level_sizes == (32, 32, 32)
+    assert min(ids.metrics["usage"]) >= 0.9
+    ids.check_features(x)
+    assert logger.images == [("tokenizer/items_per_code", [str(tmp_path / "km" / "items_per_code.png")])]
+    logged = (Path(logger.log_dir) / "metrics.csv").read_text()
+    assert "tokenizer/usage/level_2" in logged and "tokenizer/collision_rate" in logged
+
+    small_batches = RQKMeansTokenizer(output_dir=str(tmp_path / "km2"), codebook_size=16)
+    with pytest.raises(ValueError, match="batch_size: null"):
+        _trainer(tmp_path, max_epochs=1).fit(small_batches, datamodule=ItemFeatures(features=x, batch_size=100))
+
+
+def test_lightning_modules_validate_collision_strategy():
+    from genrec.tokenizer.lightning import RQKMeansTokenizer, RQVAETokenizer
+
+    for cls in (RQKMeansTokenizer, RQVAETokenizer):
+        with pytest.raises(ValueError, match="collision must be one of"):
+            cls(output_dir="x", collision="hash")
+
+
+def test_lightning_modules_check_the_data(tmp_path):
+    from genrec.tokenizer.datamodule import ItemFeatures
+    from genrec.tokenizer.lightning import RQKMeansTokenizer, RQVAETokenizer
+
+    data = ItemFeatures(features=torch.randn(20, 5), batch_size=None)
+    out = str(tmp_path / "x")
+    with pytest.raises(ValueError, match="cannot fit 32 codes per level to 20 items"):
+        _trainer(tmp_path, max_epochs=1).fit(RQVAETokenizer(output_dir=out, codebook_size=32), datamodule=data)
+    with pytest.raises(ValueError, match="level 0: cannot fit 32 codes to 20 items"):
+        _trainer(tmp_path, max_epochs=1).fit(RQKMeansTokenizer(output_dir=out, codebook_size=32), datamodule=data)
+    with pytest.raises(ValueError, match="input_dim=7 but the item features have width 5"):
+        module = RQKMeansTokenizer(output_dir=out, input_dim=7, codebook_size=4)
+        _trainer(tmp_path, max_epochs=1).fit(module, datamodule=data)
+    bad = torch.randn(20, 5)
+    bad[3] = float("nan")
+    with pytest.raises(ValueError, match=r"ItemFeatures\(features=...\): 1 of 20 rows hold NaN or inf .*\[3\]"):
+        ItemFeatures(features=bad)
