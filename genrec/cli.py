@@ -1,13 +1,61 @@
-"""The Lightning CLI behind ``train.py``."""
+"""The Lightning CLI behind ``train.py``.
+
+Beyond Lightning's own CLI it links the model's vocabulary to the datamodule's tokenizer artifact (derived, never
+typed twice), and ``--test_after_fit true`` tests the best checkpoint when ``fit`` ends and prints example
+recommendations: one command trains, tests and shows what the model does.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+
 from lightning.pytorch.cli import LightningCLI
+
+log = logging.getLogger(__name__)
+
+
+class GenRecCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--test_after_fit", type=bool, default=False, help="test the best checkpoint after fit")
+        parser.add_argument("--examples", type=int, default=3, help="example recommendations printed after testing")
+        # Skipped by jsonargparse for models and datamodules without these (e.g. the item tokenizers).
+        parser.link_arguments("data.level_sizes", "model.init_args.level_sizes", apply_on="instantiate")
+        parser.link_arguments("data.n_user_buckets", "model.init_args.n_user_buckets", apply_on="instantiate")
+        parser.link_arguments("data.n_items", "model.init_args.n_items", apply_on="instantiate")
+        parser.link_arguments("data.max_len", "model.init_args.max_len", apply_on="instantiate")
+
+    def _option(self, name: str):
+        return self.config[self.subcommand].get(name) if self.subcommand else None
+
+    def after_fit(self) -> None:
+        if not self._option("test_after_fit"):
+            return
+        callback = self.trainer.checkpoint_callback
+        best = getattr(callback, "best_model_path", "") or None
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best)
+        self._report()
+
+    def after_test(self) -> None:
+        self._report()
+
+    def _report(self) -> None:
+        if not self.trainer.is_global_zero:
+            return
+        metrics = {k: round(float(v), 5) for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")}
+        if metrics:
+            print(json.dumps(metrics))
+        count = self._option("examples") or 0
+        if count and hasattr(self.model, "recommend") and hasattr(self.datamodule, "parts"):
+            from genrec.seq2seq.examples import print_examples
+
+            print_examples(self.model, self.datamodule, count=count)
 
 
 def main(args: list[str] | None = None, *, run: bool = True) -> LightningCLI:
     """Runs ``fit|validate|test|predict`` from a YAML config (or builds the objects only, with ``run=False``)."""
-    return LightningCLI(
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return GenRecCLI(
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},

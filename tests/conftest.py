@@ -30,3 +30,15 @@ def tiny_dataset(tmp_path: Path) -> Path:
             {"item_id": 50, "title": "Face Cream", "categories": [["Beauty", "Skin"], ["Gifts"]]},
         ],
     )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """The test models are tiny: one thread avoids oversubscribing the CI machine's 2 cores (measured ~9x faster
+    training steps under load than torch's default thread count)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,0 +1,276 @@
+"""Top-K recommendations for any item histories from a trained checkpoint: the library behind ``recommend.py``.
+
+A request is a user and a history of *dataset* item ids; the answer is one JSON-ready dict per request, in request
+order, with the top-K dataset item ids, their log-probabilities and (where the dataset has item text) titles.
+Requests are encoded exactly as in training (:func:`genrec.seq2seq.data.encode_histories`: left padding to the
+model's ``max_len``, the most recent items kept, the hashed user token first when the model has one) and decoded
+in batches by constrained beam search. Bad requests become error lines, never exceptions, so one bad user cannot
+sink a batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from genrec.data import SequenceDataset, load_dataset
+from genrec.data.embeddings import item_texts
+from genrec.data.split import PAD_ITEM
+from genrec.decoding import BeamSearchOutput, beam_search
+from genrec.seq2seq.data import encode_histories, item_token_table
+from genrec.seq2seq.module import GenerativeRecommender
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Request:
+    """One user to recommend for.
+
+    Attributes:
+        user: the user as given (echoed in the answer).
+        history: dense item indices, oldest first, unknown ids already removed (never empty).
+        user_index: dense user index for the user-bucket token; for users outside the dataset a stable hash.
+    """
+
+    user: Any
+    history: list[int]
+    user_index: int
+
+
+Line = dict[str, Any]
+"""An output line: ``{"user", "items", "scores"[, "titles"]}`` or ``{"user"[, "line"], "error"}``."""
+
+
+class IdLookup:
+    """Dataset id -> dense index; an integer id also matches when written as a string (JSON keys, ``--users``)."""
+
+    def __init__(self, ids: list) -> None:
+        self.index = {raw: i for i, raw in reversed(list(enumerate(ids)))}  # the first occurrence wins
+        for raw, i in list(self.index.items()):
+            self.index.setdefault(str(raw), i)
+
+    def get(self, raw: Any) -> int | None:
+        # bool is an int subclass (True == 1): never an id.
+        if isinstance(raw, bool) or not isinstance(raw, (int, str)):
+            return None
+        found = self.index.get(raw)
+        return self.index.get(str(raw)) if found is None else found
+
+
+def user_hash(user: Any) -> int:
+    """A stable user index for users outside the dataset: their bucket is arbitrary, but the same on every run."""
+    return zlib.crc32(json.dumps(user, sort_keys=True).encode())
+
+
+class Recommender:
+    """A trained :class:`GenerativeRecommender` with the dataset that maps its item indices to ids and titles.
+
+    Args:
+        model: a model with its catalogue set (as restored from a checkpoint), on the device to run on.
+        dataset: the dataset it was trained on (same items, same order).
+        max_len: history length in items the model was trained with.
+    """
+
+    def __init__(self, model: GenerativeRecommender, dataset: SequenceDataset, max_len: int) -> None:
+        if model.item_codes is None or model.index is None:
+            raise ValueError("the model has no catalogue (item codes): it cannot decode")
+        if len(model.item_codes) != dataset.n_items:
+            raise ValueError(
+                f"the model's catalogue has {len(model.item_codes)} items but dataset {dataset.name!r} has "
+                f"{dataset.n_items}: it was trained on another dataset (pass the right one with --dataset)"
+            )
+        if max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {max_len}")
+        self.model = model.eval()
+        self.model.index = self.model.index.to(model.device)
+        self.dataset = dataset
+        self.max_len = max_len
+        self.items = IdLookup(dataset.item_ids)
+        self.users = IdLookup(dataset.user_ids)
+        self.table = item_token_table(model.vocab, model.item_codes).to(model.device)  # (n_items + 1, l)
+        self.titles: list[str] | None = None
+        if dataset.items is not None:
+            titles = item_texts(dataset, "{title}")[0]
+            self.titles = titles if any(titles) else None
+        self.hashed_users = 0  # requests whose user is not in the dataset (matters only with user buckets)
+
+    @classmethod
+    def load(
+        cls,
+        checkpoint: str | Path,
+        *,
+        dataset: str | None = None,
+        max_len: int | None = None,
+        device: str | torch.device = "cpu",
+    ) -> Recommender:
+        """Loads a Lightning checkpoint of :class:`GenerativeRecommender` trained with ``SemanticIdData``.
+
+        Args:
+            checkpoint: the ``.ckpt`` file (a trusted file: it is unpickled).
+            dataset: overrides the dataset recorded in the checkpoint's datamodule hyperparameters.
+            max_len: overrides the history length recorded there.
+            device: where the model runs.
+        """
+        checkpoint = Path(checkpoint)
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} does not exist")
+        # Only the hyperparameters are read here; mmap leaves the weights on disk until the real load below.
+        saved = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False)
+        data_hparams = dict(saved.get("datamodule_hyper_parameters") or {})
+        del saved
+        dataset = dataset or data_hparams.get("dataset")
+        max_len = max_len or data_hparams.get("max_len")
+        if dataset is None or max_len is None:
+            raise ValueError(
+                f"{checkpoint} records no datamodule dataset / max_len (was it trained with SemanticIdData?): "
+                "pass --dataset and --max-len"
+            )
+        try:
+            data = load_dataset(dataset)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{e} (the dataset recorded in {checkpoint}; pass --dataset to override)") from None
+        model = GenerativeRecommender.load_from_checkpoint(checkpoint, map_location=device)
+        return cls(model, data, int(max_len))
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    # --- requests -------------------------------------------------------------------------------------------
+    def parse_line(self, text: str, number: int, source: str = "<stdin>") -> Request | Line | None:
+        """Parses one input line ``{"user": ..., "history": [item ids]}``.
+
+        Unknown item ids are logged (user, ids, line) and skipped. Returns the request, an error line for a line
+        that gives nothing to recommend from, or ``None`` for a blank line.
+        """
+        if not text.strip():
+            return None
+        where = f"{source} line {number}"
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as e:
+            return {"user": None, "line": number, "error": f"{where}: invalid JSON ({e})"}
+        if not isinstance(record, dict):
+            got = type(record).__name__
+            return {"user": None, "line": number, "error": f"{where}: expected a JSON object, got {got}"}
+        user = record.get("user")
+        history = record.get("history")
+        if not isinstance(history, list):
+            return {"user": user, "line": number, "error": f"{where}: expected \"history\": a list of item ids"}
+        dense = [self.items.get(raw) for raw in history]
+        unknown = [raw for raw, i in zip(history, dense) if i is None]
+        if unknown:
+            log.warning("%s: user %s: unknown item ids skipped: %s", where, json.dumps(user), json.dumps(unknown))
+        known = [i for i in dense if i is not None]
+        if not known:
+            what = "the history is empty" if not history else "no item id in the history is in the dataset"
+            return {"user": user, "line": number, "error": f"{where}: {what}"}
+        return Request(user, known, self._user_index(user))
+
+    def dataset_requests(self, users: list[str] | None = None, *, holdout: int = 0) -> Iterator[Request | Line]:
+        """Requests for dataset users (all when ``users`` is None) with their full sequences as history.
+
+        The full sequence recommends the item *after* the user's last one; ``holdout=h`` drops each user's last
+        ``h`` items first (``h=1`` gives the leave-one-out test history, whose answer is the held-out item).
+        """
+        if holdout < 0:
+            raise ValueError(f"holdout must be >= 0, got {holdout}")
+        if users is None:
+            users, indices = self.dataset.user_ids, range(self.dataset.n_users)
+        else:
+            indices = [self.users.get(u) for u in users]
+        for given, u in zip(users, indices):
+            if u is None:
+                yield {"user": given, "error": f"user {given!r} is not in dataset {self.dataset.name!r}"}
+                continue
+            user = self.dataset.user_ids[u]
+            seq = self.dataset.sequences[u]
+            history = seq[: len(seq) - holdout].tolist()
+            if not history:
+                yield {"user": user, "error": f"the user has {len(seq)} items: none left after holding out {holdout}"}
+                continue
+            yield Request(user, history, u)
+
+    def _user_index(self, user: Any) -> int:
+        index = self.users.get(user)
+        if index is not None:
+            return index
+        if self.model.vocab.n_user_buckets:
+            if not self.hashed_users:
+                log.warning("user %s is not in the dataset: its user token is a hashed bucket", json.dumps(user))
+            self.hashed_users += 1
+        return user_hash(user)
+
+    # --- decoding -------------------------------------------------------------------------------------------
+    def encode(self, requests: list[Request]) -> dict[str, torch.Tensor]:
+        """Model inputs of ``requests``: histories cut to the last ``max_len`` items, left-padded, on the device."""
+        history = np.full((len(requests), self.max_len), PAD_ITEM, dtype=np.int64)
+        for row, request in enumerate(requests):
+            recent = request.history[-self.max_len :]
+            history[row, self.max_len - len(recent) :] = recent
+        users = torch.tensor([r.user_index for r in requests], dtype=torch.long, device=self.device)
+        return encode_histories(
+            torch.from_numpy(history).to(self.device), table=self.table, vocab=self.model.vocab, users=users
+        )
+
+    def recommend(self, requests: list[Request], *, top_k: int, beam_width: int) -> BeamSearchOutput:
+        """Beam search for a batch of requests (one model call, no loop over users)."""
+        inputs = self.encode(requests)
+        return beam_search(
+            self.model.model,
+            inputs["input_ids"],
+            inputs["attention_mask"],
+            self.model.index,
+            self.model.vocab,
+            beam_width=beam_width,
+            top_k=top_k,
+        )
+
+    def answer(self, requests: list[Request], out: BeamSearchOutput) -> list[Line]:
+        """Output lines for ``requests`` from their beam search output (dataset ids, best first)."""
+        lines = []
+        for request, items, scores in zip(requests, out.items.tolist(), out.scores.tolist()):
+            # -1: fewer valid items than top_k (a catalogue smaller than top_k).
+            ranked = [(i, s) for i, s in zip(items, scores) if i >= 0]
+            line: Line = {
+                "user": request.user,
+                "items": [self.dataset.item_ids[i] for i, _ in ranked],
+                "scores": [s for _, s in ranked],
+            }
+            if self.titles is not None:
+                line["titles"] = [self.titles[i] for i, _ in ranked]
+            lines.append(line)
+        return lines
+
+    def run(
+        self,
+        requests: Iterable[Request | Line],
+        *,
+        top_k: int = 10,
+        beam_width: int | None = None,
+        batch_size: int = 256,
+    ) -> Iterator[Line]:
+        """Output lines for a stream of requests and error lines, in input order, ``batch_size`` requests a batch."""
+        beam_width = max(20, top_k) if beam_width is None else beam_width
+        if top_k < 1 or beam_width < top_k or batch_size < 1:
+            raise ValueError(
+                f"need beam_width >= top_k >= 1 and batch_size >= 1, got {beam_width=}, {top_k=}, {batch_size=}"
+            )
+        stream = iter(requests)
+        while chunk := list(islice(stream, batch_size)):
+            ready = [r for r in chunk if isinstance(r, Request)]
+            answers = iter([])
+            if ready:
+                answers = iter(self.answer(ready, self.recommend(ready, top_k=top_k, beam_width=beam_width)))
+            for entry in chunk:
+                yield next(answers) if isinstance(entry, Request) else entry

@@ -1,0 +1,154 @@
+"""The generative recommender through the real pipeline: CLI, DataModule, T5, constrained beam search, metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Callback
+
+from genrec.cli import main
+from genrec.metrics import list_errors, ranking_metrics
+from genrec.seq2seq.data import SemanticIdData
+from genrec.seq2seq.module import GenerativeRecommender
+from genrec.tokenizer.artifact import save_tokenizer
+from tests.conftest import write_sequences_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+N_ITEMS = 27
+
+
+def synthetic(tmp_path: Path, *, users: int = 108, length: int = 8) -> tuple[Path, Path]:
+    """Users walk the catalogue in steps of +1 (mod 27) from different starts: the next item is a function of the
+    last one. Codes are the base-3 digits of the item index, plus a constant collision level."""
+    lines = [f"{u + 1} " + " ".join(str((u + t) % N_ITEMS + 1) for t in range(length)) for u in range(users)]
+    dataset = write_sequences_dataset(tmp_path / "walk", lines)
+    i = torch.arange(N_ITEMS)
+    codes = torch.stack([i // 9, (i // 3) % 3, i % 3, torch.zeros_like(i)], dim=1)
+    tokenizer = save_tokenizer(
+        tmp_path / "walk-tokenizer", codes=codes, level_sizes=(3, 3, 3, 1), codebooks=None, config={"synthetic": True},
+        metrics={}, fingerprint="synthetic", plot=False,
+    )
+    return dataset, tokenizer
+
+
+def cli_args(dataset: Path, tokenizer: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "--model=genrec.seq2seq.module.GenerativeRecommender",
+        "--model.arch.d_model=32", "--model.arch.encoder_layers=2", "--model.arch.decoder_layers=2",
+        "--model.arch.num_heads=2", "--model.arch.d_kv=16", "--model.arch.d_ff=64", "--model.arch.dropout=0.0",
+        "--model.lr=0.005", "--model.warmup_steps=20", "--model.beam_width=20", "--model.top_k=20",
+        "--data=genrec.seq2seq.data.SemanticIdData",
+        f"--data.dataset={dataset}", f"--data.tokenizer={tokenizer}", "--data.max_len=5",
+        "--data.batch_size=64", "--data.eval_batch_size=64",
+        "--trainer.logger=false", "--trainer.accelerator=cpu", "--trainer.devices=1",
+        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+        f"--trainer.default_root_dir={out}", "--seed_everything=0",
+        *extra,
+    ]
+
+
+def test_metrics_by_hand():
+    items = torch.tensor([[3, 1, 2] + [9] * 17, [5, 6, 7] + [8] * 17, [0, 1, 4] + list(range(10, 27))])
+    target = torch.tensor([3, 7, 26])  # ranks 0, 2, 19
+    m = ranking_metrics(items, target)
+    assert m["recall@1"].tolist() == [1, 0, 0]
+    assert m["recall@5"].tolist() == [1, 1, 0]
+    assert m["recall@20"].tolist() == [1, 1, 1]
+    assert m["ndcg@5"].tolist() == pytest.approx([1.0, 0.5, 0.0])
+    assert m["ndcg@20"][2].item() == pytest.approx(1 / torch.log2(torch.tensor(21.0)).item())
+    errors = list_errors(torch.tensor([[0, 1, 1, -1], [0, 1, 2, 3]]), n_items=3)
+    assert errors["invalid"].tolist() == [0.25, 0.25] and errors["repeated"].tolist() == [0.25, 0.0]
+
+
+def test_datamodule_tokens(tmp_path):
+    dataset, tokenizer = synthetic(tmp_path, users=N_ITEMS, length=6)
+    dm = SemanticIdData(dataset=str(dataset), tokenizer=str(tokenizer), max_len=3, user_buckets=5)
+    dm.setup()
+    assert dm.level_sizes == (3, 3, 3, 1) and dm.vocab.size == 2 + 10 + 5
+    test = dm.parts["test"].tensors
+    # user 0 walks items 0..5: test target 5, history 2, 3, 4 -> codes (0,0,2,0) (0,1,0,0) (0,1,1,0)
+    assert test["target"][0].item() == 5
+    offsets = torch.tensor(dm.vocab.offsets)
+    expected = torch.cat([torch.tensor([[0, 0, 2, 0], [0, 1, 0, 0], [0, 1, 1, 0]]) + offsets]).flatten()
+    assert test["input_ids"][0, 0].item() == dm.vocab.user_offset + 0
+    assert test["input_ids"][0, 1:].tolist() == expected.tolist()
+    assert test["labels"][0].tolist() == (torch.tensor([0, 1, 2, 0]) + offsets).tolist()
+    train = dm.parts["train"]
+    assert len(train) == N_ITEMS * 3  # windows over the 4-item training parts
+    batch = train[[0, 1]]
+    assert batch["input_ids"].shape == (2, 1 + 3 * 4) and (batch["attention_mask"] == (batch["input_ids"] != 0)).all()
+
+
+def test_datamodule_rejects_mismatched_tokenizer(tmp_path):
+    dataset, tokenizer = synthetic(tmp_path)
+    other = write_sequences_dataset(tmp_path / "other", ["1 1 2 3"])
+    with pytest.raises(ValueError, match="has 27 items but dataset .* has 3"):
+        SemanticIdData(dataset=str(other), tokenizer=str(tokenizer))
+    with pytest.raises(FileNotFoundError, match="does not exist and no tokenizer_config"):
+        SemanticIdData(dataset=str(dataset), tokenizer=str(tmp_path / "missing"))
+
+
+def test_learns_deterministic_rule_and_decodes_only_valid_items(tmp_path, capsys):
+    dataset, tokenizer = synthetic(tmp_path)
+    cli = main(
+        ["fit", *cli_args(dataset, tokenizer, tmp_path / "run", "--trainer.max_steps=300",
+                          "--trainer.check_val_every_n_epoch=10", "--test_after_fit=true", "--examples=2")]
+    )
+    metrics = cli.trainer.callback_metrics
+    assert metrics["test/recall@1"] >= 0.9
+    assert metrics["test/invalid"] == 0 and metrics["test/repeated"] == 0
+    assert metrics["test/recall@20"] == 1.0  # every list holds 20 distinct real items, the target among them
+    out = capsys.readouterr().out
+    assert "recommended:" in out and "next item (held out)" in out
+    assert json.loads([line for line in out.splitlines() if line.startswith('{"test/')][0])["test/recall@1"] >= 0.9
+
+
+class InterruptAt(Callback):
+    """Stops a run as a crash would, at the start of an epoch (the last checkpoint is complete)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_checkpoint_resume_reaches_the_same_result(tmp_path):
+    dataset, tokenizer = synthetic(tmp_path, users=40)
+    common = ["--trainer.max_epochs=4", "--trainer.deterministic=true"]
+    full = main(["fit", *cli_args(dataset, tokenizer, tmp_path / "full", *common)])
+    with pytest.raises(SystemExit):
+        main(["fit", *cli_args(dataset, tokenizer, tmp_path / "part", *common),
+              "--trainer.callbacks+=tests.test_seq2seq.InterruptAt", "--trainer.callbacks.epoch=2"])
+    ckpts = sorted((tmp_path / "part").rglob("*.ckpt"))
+    assert [c.name for c in ckpts] == ["epoch=1-step=8.ckpt"]
+    resumed = main(["fit", *cli_args(dataset, tokenizer, tmp_path / "part", *common), f"--ckpt_path={ckpts[0]}"])
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+    # A checkpoint carries its catalogue: it decodes with no datamodule.
+    model = GenerativeRecommender.load_from_checkpoint(ckpts[0], map_location="cpu")
+    assert torch.equal(model.item_codes, full.datamodule.item_codes)
+
+
+def test_ddp_two_cpu_processes(tmp_path):
+    dataset, tokenizer = synthetic(tmp_path, users=40)
+    args = cli_args(dataset, tokenizer, tmp_path / "ddp", "--trainer.max_epochs=2", "--test_after_fit=true",
+                    "--examples=0")
+    args = [a for a in args if not a.startswith("--trainer.devices")]
+    cmd = [sys.executable, str(ROOT / "train.py"), "fit", *args, "--trainer.strategy=ddp", "--trainer.devices=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores: one thread each
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads([line for line in result.stdout.splitlines() if line.startswith('{"test/')][0])
+    assert metrics["test/invalid"] == 0.0
+    # Every one of the 40 test users is counted once: recall@20 is an exact multiple of 1/40.
+    assert abs(metrics["test/recall@20"] * 40 - round(metrics["test/recall@20"] * 40)) < 1e-4
+
