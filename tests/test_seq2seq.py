@@ -15,7 +15,7 @@ from lightning.pytorch import Callback
 from genrec.cli import main
 from genrec.metrics import list_errors, ranking_metrics
 from genrec.seq2seq.data import SemanticIdData
-from genrec.seq2seq.module import GenerativeRecommender
+from genrec.seq2seq.module import GenerativeRecommender, T5Architecture
 from genrec.tokenizer.artifact import save_tokenizer
 from tests.conftest import write_sequences_dataset
 
@@ -83,6 +83,23 @@ def test_datamodule_tokens(tmp_path):
     assert len(train) == N_ITEMS * 3  # windows over the 4-item training parts
     batch = train[[0, 1]]
     assert batch["input_ids"].shape == (2, 1 + 3 * 4) and (batch["attention_mask"] == (batch["input_ids"] != 0)).all()
+
+
+def test_batches_drop_all_padding_columns_exactly(tmp_path):
+    dataset, tokenizer = synthetic(tmp_path, users=N_ITEMS, length=6)
+    dm = SemanticIdData(dataset=str(dataset), tokenizer=str(tokenizer), max_len=10)
+    dm.setup()
+    full = {k: v[:4] for k, v in dm.parts["train"].tensors.items()}
+    trimmed = dm.parts["train"][[0, 1, 2, 3]]
+    longest = int(full["attention_mask"].sum(1).max())
+    assert trimmed["input_ids"].shape == (4, longest) and full["input_ids"].shape == (4, 40)
+    assert torch.equal(trimmed["input_ids"], full["input_ids"][:, -longest:])
+    torch.manual_seed(0)
+    model = GenerativeRecommender(level_sizes=dm.level_sizes, arch=T5Architecture(
+        d_model=16, encoder_layers=1, decoder_layers=1, num_heads=2, d_kv=8, d_ff=24, dropout=0.0)).eval()
+    a = model(full["input_ids"], full["attention_mask"], full["labels"])
+    b = model(trimmed["input_ids"], trimmed["attention_mask"], trimmed["labels"])
+    torch.testing.assert_close(a, b)
 
 
 def test_datamodule_rejects_mismatched_tokenizer(tmp_path):

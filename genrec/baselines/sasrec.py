@@ -11,7 +11,6 @@ and the exported ``.npy`` drop that row, so row ``i`` of the export is item ``i`
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
@@ -22,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
-from torchmetrics import MeanMetric
 
-from genrec.metrics import NDCG_KS, RECALL_KS, list_errors, ranking_metrics
+from genrec.metrics import NDCG_KS, RECALL_KS
+from genrec.training import RankingEvaluator, adamw_warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -228,10 +227,7 @@ class SASRecRecommender(pl.LightningModule):
             n_items=n_items, max_len=max_len, d_model=arch.d_model, n_blocks=arch.n_blocks, n_heads=arch.n_heads,
             dropout=arch.dropout,
         )
-        names = [f"recall@{k}" for k in RECALL_KS] + [f"ndcg@{k}" for k in NDCG_KS] + ["invalid", "repeated"]
-        self.eval_metrics = nn.ModuleDict(
-            {stage: nn.ModuleDict({n.replace("@", "_at_"): MeanMetric() for n in names}) for stage in ("val", "test")}
-        )
+        self.evaluator = RankingEvaluator()
 
     # --- training -------------------------------------------------------------------------------------------
     def forward(self, items: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -247,23 +243,13 @@ class SASRecRecommender(pl.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        return adamw_warmup_cosine(
+            self.model,
             lr=self.hparams.lr,
+            weight_decay=self.hparams.weight_decay,
+            warmup_steps=self.hparams.warmup_steps,
+            total_steps=int(self.trainer.estimated_stepping_batches),
         )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = min(self.hparams.warmup_steps, total // 2)
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # --- evaluation -----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -283,11 +269,8 @@ class SASRecRecommender(pl.LightningModule):
 
     def _evaluate(self, batch: dict, stage: str) -> None:
         items = self.recommend(batch["history"])
-        values = ranking_metrics(items, batch["target"])
-        values.update(list_errors(items, self.hparams.n_items))
-        for name, per_user in values.items():
-            metric = self.eval_metrics[stage][name.replace("@", "_at_")]
-            metric.update(per_user)
+        metrics = self.evaluator.update(stage, items, batch["target"], self.hparams.n_items)
+        for name, metric in metrics.items():
             self.log(f"{stage}/{name}", metric, prog_bar=name == "ndcg@10", on_epoch=True, on_step=False)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

@@ -10,7 +10,6 @@ Shapes: ``b`` users, ``w`` beams, ``n`` encoder length, ``h`` heads, ``e`` head 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 import lightning.pytorch as pl
 import torch
-from torchmetrics import MeanMetric
 from transformers import T5Config, T5ForConditionalGeneration
 
 from genrec.decoding import PrefixIndex, beam_search
-from genrec.metrics import NDCG_KS, RECALL_KS, list_errors, ranking_metrics
+from genrec.metrics import NDCG_KS, RECALL_KS
 from genrec.seq2seq.vocab import EOS_ID, PAD_ID, CodeVocab
+from genrec.training import RankingEvaluator, adamw_warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +93,7 @@ class GenerativeRecommender(pl.LightningModule):
         self.model = build_t5(self.vocab, arch or T5Architecture())
         self.item_codes: torch.Tensor | None = None
         self.index: PrefixIndex | None = None
-        names = [f"recall@{k}" for k in RECALL_KS] + [f"ndcg@{k}" for k in NDCG_KS] + ["invalid", "repeated"]
-        self.eval_metrics = torch.nn.ModuleDict(
-            {stage: torch.nn.ModuleDict({n.replace("@", "_at_"): MeanMetric() for n in names}) for stage in ("val", "test")}
-        )
+        self.evaluator = RankingEvaluator()
 
     # --- catalogue ------------------------------------------------------------------------------------------
     def set_catalogue(self, item_codes: torch.Tensor) -> None:
@@ -142,23 +138,13 @@ class GenerativeRecommender(pl.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            (no_decay if p.ndim < 2 or "layer_norm" in name else decay).append(p)
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        return adamw_warmup_cosine(
+            self.model,
             lr=self.hparams.lr,
+            weight_decay=self.hparams.weight_decay,
+            warmup_steps=self.hparams.warmup_steps,
+            total_steps=int(self.trainer.estimated_stepping_batches),
         )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = min(self.hparams.warmup_steps, total // 2)
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # --- evaluation -----------------------------------------------------------------------------------------
     def recommend(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, top_k: int | None = None):
@@ -177,11 +163,8 @@ class GenerativeRecommender(pl.LightningModule):
 
     def _evaluate(self, batch: dict, stage: str) -> None:
         out = self.recommend(batch["input_ids"], batch["attention_mask"])
-        values = ranking_metrics(out.items, batch["target"])
-        values.update(list_errors(out.items, len(self.item_codes)))
-        for name, per_user in values.items():
-            metric = self.eval_metrics[stage][name.replace("@", "_at_")]
-            metric.update(per_user)
+        metrics = self.evaluator.update(stage, out.items, batch["target"], len(self.item_codes))
+        for name, metric in metrics.items():
             self.log(f"{stage}/{name}", metric, prog_bar=name == "ndcg@10", on_epoch=True, on_step=False)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

@@ -1,0 +1,65 @@
+"""Pieces every genrec LightningModule shares: the optimiser schedule and the leave-one-out evaluator."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+
+from genrec.metrics import NDCG_KS, RECALL_KS, list_errors, ranking_metrics
+
+
+def adamw_warmup_cosine(
+    model: nn.Module, *, lr: float, weight_decay: float, warmup_steps: int, total_steps: int
+) -> dict:
+    """AdamW (no decay on biases and norms) with linear warm-up then cosine decay to 0, stepped every batch.
+
+    Returns:
+        Lightning's ``configure_optimizers`` dict.
+    """
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+    )
+    total = max(1, total_steps)
+    warmup = min(warmup_steps, total // 2)
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class RankingEvaluator(nn.Module):
+    """Per-stage running means of Recall@K, NDCG@K and the invalid / repeated rates of top-K lists.
+
+    Means are torchmetrics ``MeanMetric``s weighted by users, so under DDP (with unrepeated evaluation shards) the
+    epoch value counts every user exactly once. Log the metrics that :meth:`update` returns with ``self.log``.
+    """
+
+    names = tuple(f"recall@{k}" for k in RECALL_KS) + tuple(f"ndcg@{k}" for k in NDCG_KS) + ("invalid", "repeated")
+
+    def __init__(self, stages: tuple[str, ...] = ("val", "test")) -> None:
+        super().__init__()
+        # ModuleDict keys may not hold "@".
+        self.means = nn.ModuleDict(
+            {stage: nn.ModuleDict({n.replace("@", "_at_"): MeanMetric() for n in self.names}) for stage in stages}
+        )
+
+    def update(self, stage: str, items: torch.Tensor, target: torch.Tensor, n_items: int) -> dict[str, MeanMetric]:
+        """Adds a batch of ranked lists (b, k) and targets (b,); returns name -> metric object to log."""
+        values = ranking_metrics(items, target)
+        values.update(list_errors(items, n_items))
+        out = {}
+        for name, per_user in values.items():
+            metric = self.means[stage][name.replace("@", "_at_")]
+            metric.update(per_user)
+            out[name] = metric
+        return out
