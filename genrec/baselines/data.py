@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from genrec.data import load_dataset, leave_one_out
 from genrec.data.split import PAD_ITEM
-from genrec.seq2seq.data import BatchShards, TokenBatches
+from genrec.seq2seq.data import TokenBatches, batch_loader
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +114,7 @@ class ItemSequenceData(pl.LightningDataModule):
         log.info("rows: %s", {k: len(v) for k, v in self.batches.items()})
 
     def _loader(self, part: str, *, shuffle: bool, batch_size: int) -> DataLoader:
-        data = self.batches[part]
-        sampler = BatchShards(len(data), batch_size=batch_size, shuffle=shuffle, seed=0)
-        return DataLoader(data, sampler=sampler, batch_size=None, num_workers=self.hparams.num_workers)
+        return batch_loader(self.batches[part], batch_size=batch_size, shuffle=shuffle, num_workers=self.hparams.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True, batch_size=self.hparams.batch_size)

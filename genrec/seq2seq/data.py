@@ -124,6 +124,17 @@ class BatchShards(DistributedSampler):
         return math.ceil(rows / self.batch_size)
 
 
+def batch_loader(data: TokenBatches, *, batch_size: int, shuffle: bool, num_workers: int = 0) -> DataLoader:
+    """A DataLoader that yields whole batches of ``data`` (one tensor gather each), sharded by :class:`BatchShards`."""
+    return DataLoader(
+        data,
+        sampler=BatchShards(len(data), batch_size=batch_size, shuffle=shuffle, seed=0),
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
 class SemanticIdData(pl.LightningDataModule):
     """Leave-one-out samples of a dataset with histories and targets as semantic-ID tokens.
 
@@ -225,15 +236,7 @@ class SemanticIdData(pl.LightningDataModule):
         log.info("samples: %s", {k: len(v) for k, v in self.parts.items()})
 
     def _loader(self, part: str, *, shuffle: bool, batch_size: int) -> DataLoader:
-        data = self.parts[part]
-        sampler = BatchShards(len(data), batch_size=batch_size, shuffle=shuffle, seed=0)
-        return DataLoader(
-            data,
-            sampler=sampler,
-            batch_size=None,
-            num_workers=self.hparams.num_workers,
-            pin_memory=torch.cuda.is_available(),
-        )
+        return batch_loader(self.parts[part], batch_size=batch_size, shuffle=shuffle, num_workers=self.hparams.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True, batch_size=self.hparams.batch_size)
