@@ -144,7 +144,7 @@ class SemanticIdData(pl.LightningDataModule):
 
     Args:
         dataset: bundled name or path.
-        tokenizer: artifact folder, e.g. ``tokenizers/amazon-beauty-rqkmeans``.
+        tokenizer: artifact folder, e.g. ``tokenizers/beauty-rqkmeans``.
         tokenizer_config: YAML config that fits ``tokenizer`` when it does not exist yet.
         max_len: history length in items.
         user_buckets: hashed user-id tokens prepended to the history (0: none; TIGER used 2000).
@@ -157,7 +157,7 @@ class SemanticIdData(pl.LightningDataModule):
         self,
         *,
         dataset: str = "amazon-beauty",
-        tokenizer: str = "tokenizers/amazon-beauty-rqkmeans",
+        tokenizer: str = "tokenizers/beauty-rqkmeans",
         tokenizer_config: str | None = None,
         max_len: int = 20,
         user_buckets: int = 0,
