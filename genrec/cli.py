@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 from lightning.pytorch.cli import LightningCLI
 
@@ -16,6 +17,8 @@ log = logging.getLogger(__name__)
 
 
 class GenRecCLI(LightningCLI):
+    _fit_seconds: float | None = None  # wall time of `fit`, for the run record (None for a test-only run)
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--test_after_fit", type=bool, default=False, help="test the best checkpoint after fit")
         parser.add_argument("--examples", type=int, default=3, help="example recommendations printed after testing")
@@ -28,7 +31,11 @@ class GenRecCLI(LightningCLI):
     def _option(self, name: str):
         return self.config[self.subcommand].get(name) if self.subcommand else None
 
+    def before_fit(self) -> None:
+        self._fit_start = time.perf_counter()
+
     def after_fit(self) -> None:
+        self._fit_seconds = time.perf_counter() - self._fit_start
         if not self._option("test_after_fit"):
             return
         callback = self.trainer.checkpoint_callback
@@ -45,6 +52,11 @@ class GenRecCLI(LightningCLI):
         metrics = {k: round(float(v), 5) for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")}
         if metrics:
             print(json.dumps(metrics))
+            from genrec.report import write_record
+
+            config = ", ".join(str(path) for path in self._option("config") or []) or None
+            write_record(trainer=self.trainer, model=self.model, datamodule=self.datamodule,
+                         train_seconds=self._fit_seconds, config=config)
         count = self._option("examples") or 0
         if count and hasattr(self.model, "recommend") and hasattr(self.datamodule, "parts"):
             from genrec.seq2seq.examples import print_examples
