@@ -42,3 +42,9 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _records_in_tmp(tmp_path, monkeypatch):
+    """Tested runs write run records (genrec.report); tests keep theirs out of the repository's runs/records/."""
+    monkeypatch.setenv("GENREC_RECORDS", str(tmp_path / "records"))

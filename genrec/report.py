@@ -1,0 +1,317 @@
+"""Run records and the one results table.
+
+Every run tested through the CLI writes one JSON record (``write_record``, called by ``genrec/cli.py``) to
+``runs/records/`` (or ``$GENREC_RECORDS``). Records worth keeping are copied to ``benchmarks/records/``, which is
+committed. ``python -m genrec.report`` renders all records as one markdown table followed by the published anchor
+numbers, and with ``--readme README.md`` writes it between the README's ``<!-- results:start -->`` and
+``<!-- results:end -->`` markers.
+
+A record that lacks a field, or holds a non-numeric metric, is refused with the file and field named: a results
+table that silently drops a run is worse than none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+METRICS = ("recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20")
+# Field -> allowed JSON types; None in a tuple means the field may be null (but must be present).
+FIELDS: dict[str, tuple] = {
+    "model": (str,),
+    "dataset": (str,),
+    "features": (str,),
+    "tokenizer": (str,),
+    "metrics": (dict,),
+    "train_seconds": (int, float, type(None)),
+    "device": (str,),
+    "commit": (str,),
+    "date": (str,),
+    "command": (str,),
+    "config": (str, type(None)),
+}
+DEFAULT_DIRS = ("runs/records", "benchmarks/records")
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+# LightningModule class -> the name used in papers and in the table.
+MODEL_NAMES = {"GenerativeRecommender": "TIGER", "SASRecRecommender": "SASRec"}
+# Feature source class (tokenizer artifact config.json, data.sources[].type) -> short name.
+FEATURE_NAMES = {"TextEmbeddings": "text", "CooccurrenceFeatures": "cooccurrence"}
+
+# Published numbers on the same P5 leave-one-out splits (genrec/data/bundled/README.md). None: not reported.
+PUBLISHED: tuple[dict[str, Any], ...] = (
+    {"model": "TIGER", "dataset": "amazon-beauty", "source": "TIGER (NeurIPS 2023), Table 1",
+     "metrics": {"recall@5": 0.0454, "recall@10": 0.0648, "ndcg@5": 0.0321, "ndcg@10": 0.0384}},
+    {"model": "TIGER", "dataset": "amazon-sports", "source": "TIGER (NeurIPS 2023), Table 1",
+     "metrics": {"recall@5": 0.0264, "recall@10": 0.0400, "ndcg@5": 0.0181, "ndcg@10": 0.0225}},
+    {"model": "SASRec", "dataset": "amazon-beauty", "source": "SASRec as printed in TIGER, Table 1",
+     "metrics": {"recall@5": 0.0387, "recall@10": 0.0605, "ndcg@5": 0.0249, "ndcg@10": 0.0318}},
+    {"model": "SASRec", "dataset": "amazon-sports", "source": "SASRec as printed in TIGER, Table 1",
+     "metrics": {"recall@5": 0.0233, "recall@10": 0.0350, "ndcg@5": 0.0154, "ndcg@10": 0.0192}},
+    {"model": "SASRec, sampled softmax", "dataset": "amazon-beauty", "source": "eSASRec (RecSys 2025)",
+     "metrics": {"recall@10": 0.0921, "ndcg@10": 0.0531}},
+    {"model": "SASRec, sampled softmax", "dataset": "amazon-sports", "source": "eSASRec (RecSys 2025)",
+     "metrics": {"recall@10": 0.0569, "ndcg@10": 0.0314}},
+    {"model": "SASRec, tuned", "dataset": "amazon-beauty", "source": "cornac",
+     "metrics": {"recall@10": 0.0740, "ndcg@10": 0.0423}},
+)
+
+
+class RecordError(ValueError):
+    """A run record that cannot enter the table; the message names the file and the field."""
+
+
+# ---------------------------------------------------------------------------------------------------- writing
+
+
+def describe_features(datamodule: Any) -> tuple[str, str]:
+    """``(features, tokenizer)`` of a datamodule: from its semantic-ID artifact's config.json, else item ids."""
+    semantic_ids = getattr(datamodule, "semantic_ids", None)
+    if semantic_ids is None:
+        return "item ids", "-"
+    config = semantic_ids.config or {}
+    names = []
+    for source in (config.get("data") or {}).get("sources") or []:
+        kind = source.get("type", "?")
+        if kind == "NpyFeatures":  # a .npy matrix: name it by its file (SASRec item embeddings in our configs)
+            stem = Path(str(source.get("path", "npy"))).stem
+            names.append("sasrec" if "sasrec" in str(source.get("path", "")).lower() else stem)
+        else:
+            names.append(FEATURE_NAMES.get(kind, kind))
+    hparams = config.get("hparams") or {}
+    tokenizer = config.get("method", "?")
+    if hparams.get("levels") and hparams.get("codebook_size"):
+        tokenizer += f" {hparams['levels']}x{hparams['codebook_size']}"
+    if config.get("collision"):
+        tokenizer += f" + {config['collision']}"
+    return "+".join(names) or "unknown", f"{tokenizer} ({semantic_ids.path})"
+
+
+def device_name(trainer: Any) -> str:
+    """The accelerator a trainer ran on, e.g. ``NVIDIA H100 80GB HBM3`` or ``cpu (2 threads)``, ``xN`` under DDP."""
+    import torch
+
+    device = trainer.strategy.root_device
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    elif device.type == "cpu":
+        threads = torch.get_num_threads()
+        name = f"cpu ({threads} thread{'s' if threads != 1 else ''})"
+    else:
+        name = str(device)
+    return f"{name} x{trainer.world_size}" if trainer.world_size > 1 else name
+
+
+def git_commit() -> str:
+    """Short hash of the genrec checkout, ``-dirty`` when tracked files differ from it; ``unknown`` outside git."""
+    where = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=where, capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{commit}-dirty" if status else commit or "unknown"
+
+
+def write_record(
+    *,
+    trainer: Any,
+    model: Any,
+    datamodule: Any,
+    train_seconds: float | None,
+    config: str | None,
+    directory: str | Path | None = None,
+) -> Path | None:
+    """Writes the run record of a tested run; returns its path (None when the run has no ranking metrics).
+
+    Args:
+        trainer: the Lightning trainer after ``test`` (``callback_metrics`` holds ``test/recall@10`` ...).
+        model: the LightningModule (its class names the model).
+        datamodule: the DataModule (dataset name; semantic-ID artifact if any).
+        train_seconds: wall time of ``fit``; None for a test-only run.
+        config: the ``--config`` file(s) of the command, if any.
+        directory: where to write; default ``$GENREC_RECORDS`` or ``runs/records``.
+    """
+    found = {name: trainer.callback_metrics.get(f"test/{name}") for name in METRICS}
+    if any(value is None for value in found.values()):
+        log.info("no run record: the test metrics lack %s", [k for k, v in found.items() if v is None])
+        return None
+    from genrec.data.dataset import dataset_name
+
+    features, tokenizer = describe_features(datamodule)
+    dataset = getattr(getattr(datamodule, "dataset", None), "name", None) or "?"
+    now = datetime.now(timezone.utc)
+    record = {
+        "model": MODEL_NAMES.get(type(model).__name__, type(model).__name__),
+        "dataset": dataset,
+        "features": features,
+        "tokenizer": tokenizer,
+        "metrics": {name: round(float(value), 6) for name, value in found.items()},
+        "train_seconds": None if train_seconds is None else round(train_seconds, 1),
+        "device": device_name(trainer),
+        "commit": git_commit(),
+        "date": now.date().isoformat(),
+        "command": " ".join(sys.argv),
+        "config": config,
+    }
+    out = Path(directory or os.environ.get("GENREC_RECORDS") or DEFAULT_DIRS[0])
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{now:%Y%m%dT%H%M%SZ}-{type(model).__name__}-{dataset_name(dataset)}"
+    path, n = out / f"{stem}.json", 1
+    while path.exists():  # two runs finishing in the same second
+        n += 1
+        path = out / f"{stem}-{n}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    log.info("run record written to %s", path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------- reading
+
+
+def load_record(path: str | Path) -> dict[str, Any]:
+    """Reads and checks one record; raises :class:`RecordError` naming the file and the bad field."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise RecordError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(record, dict):
+        raise RecordError(f"{path}: expected a JSON object, got {type(record).__name__}")
+    for field, types in FIELDS.items():
+        if field not in record:
+            raise RecordError(f"{path}: field {field!r} is missing")
+        # bool is an int subclass: refuse it explicitly as a number.
+        if not isinstance(record[field], types) or isinstance(record[field], bool):
+            allowed = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise RecordError(f"{path}: field {field!r} must be {allowed}, got {record[field]!r}")
+    for name in METRICS:
+        value = record["metrics"].get(name)
+        if name not in record["metrics"]:
+            raise RecordError(f"{path}: field 'metrics.{name}' is missing")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise RecordError(f"{path}: field 'metrics.{name}' must be a finite number, got {value!r}")
+    return record
+
+
+def load_records(directories: Sequence[str | Path], *, required: bool = True) -> list[dict[str, Any]]:
+    """All ``*.json`` records under the given folders, each checked by :func:`load_record`.
+
+    Args:
+        directories: folders to read.
+        required: raise when a folder does not exist (False for the defaults, which may not exist yet).
+    """
+    records = []
+    for directory in directories:
+        directory = Path(directory)
+        if not directory.is_dir():
+            if required:
+                raise FileNotFoundError(f"records folder {directory} does not exist")
+            continue
+        records += [load_record(path) for path in sorted(directory.glob("*.json"))]
+    return records
+
+
+# ---------------------------------------------------------------------------------------------------- rendering
+
+
+def _number(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+
+def render(records: Sequence[Mapping[str, Any]]) -> str:
+    """The markdown results table of the records (sorted by dataset, model, features, tokenizer, date), their
+    commands and notes, then the published anchors."""
+    ordered = sorted(records, key=lambda r: (r["dataset"], r["model"], r["features"], r["tokenizer"], r["date"]))
+    metric_heads = [name.replace("recall", "R").replace("ndcg", "N") for name in METRICS]
+    lines = [
+        "Measured by genrec (one row per run record; `python -m genrec.report` regenerates this table):",
+        "",
+        _row(["#", "model", "dataset", "features", "tokenizer", *metric_heads, "training time", "device", "commit",
+              "date"]),
+        _row(["---"] * 4 + ["---"] + ["---:"] * (len(METRICS) + 1) + ["---"] * 3),
+    ]
+    for i, r in enumerate(ordered, 1):
+        lines.append(_row([i, r["model"], r["dataset"], r["features"], r["tokenizer"],
+                           *(_number(r["metrics"][m]) for m in METRICS), _duration(r["train_seconds"]),
+                           r["device"], r["commit"], r["date"]]))
+    if not ordered:
+        lines.append(_row(["", "no run records yet", *[""] * (len(METRICS) + 7)]))
+    lines.append("")
+    for i, r in enumerate(ordered, 1):
+        note = f" {r['notes']}" if r.get("notes") else ""
+        lines.append(f"{i}. `{r['command']}`{note}")
+    lines += [
+        "",
+        "**Published** numbers on the same splits (as printed in the papers, not measured by genrec; — not reported):",
+        "",
+        _row(["model (published)", "dataset", *metric_heads, "source"]),
+        _row(["---", "---"] + ["---:"] * len(METRICS) + ["---"]),
+    ]
+    for p in sorted(PUBLISHED, key=lambda p: (p["dataset"], p["model"])):
+        lines.append(_row([p["model"], p["dataset"], *(_number(p["metrics"].get(m)) for m in METRICS), p["source"]]))
+    return "\n".join(lines) + "\n"
+
+
+def replace_in_readme(text: str, table: str, *, where: str = "README") -> str:
+    """``text`` with everything between the results markers replaced by ``table``; raises if a marker is missing."""
+    start, end = text.find(START), text.find(END)
+    if start < 0 or end < 0 or end < start:
+        missing = [m for m, at in ((START, start), (END, end)) if at < 0] or [f"{START} before {END}"]
+        raise ValueError(f"{where}: the results markers are missing or out of order: {', '.join(missing)}")
+    return text[: start + len(START)] + "\n" + table + text[end:]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m genrec.report", description=__doc__.splitlines()[0])
+    parser.add_argument("--records", nargs="+", help=f"record folders (default: $GENREC_RECORDS or "
+                                                     f"{DEFAULT_DIRS[0]}, and {DEFAULT_DIRS[1]})")
+    parser.add_argument("--readme", help="write the table between the results markers of this file")
+    parser.add_argument("--output", help="also write the table to this file")
+    args = parser.parse_args(argv)
+    try:
+        if args.records:
+            records = load_records(args.records)
+        else:
+            dirs = (os.environ.get("GENREC_RECORDS") or DEFAULT_DIRS[0], DEFAULT_DIRS[1])
+            records = load_records(dirs, required=False)
+        table = render(records)
+        if args.readme:
+            readme = Path(args.readme)
+            readme.write_text(replace_in_readme(readme.read_text(), table, where=str(readme)))
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if args.output:
+        Path(args.output).write_text(table)
+    print(table, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
