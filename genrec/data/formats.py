@@ -189,14 +189,37 @@ def read_interactions(path: str | Path) -> RawData:
     return RawData(users=list(order), sequences=sequences)
 
 
-def _recbole_header(path: Path, header: str) -> list[tuple[str, str]]:
+def _recbole_table(path: Path, required: tuple[str, ...]) -> tuple[list[tuple[str, str]], Iterator[tuple[int, list[str]]]]:
+    """The typed header ``name:type`` of a RecBole atomic file and an iterator over its rows (line, fields).
+
+    Raises if the header is missing or malformed, lacks a ``required`` column, or a row has the wrong width.
+    """
+    lines = _lines(path)
+    try:
+        _, header = next(lines)
+    except StopIteration:
+        raise DataFormatError(path, None, "empty file (expected a typed header line)") from None
     columns = []
     for column in header.split("\t"):
         name, sep, kind = column.strip().partition(":")
         if not sep:
             raise DataFormatError(path, 1, f"expected a typed header like 'item_id:token', got column {column!r}")
         columns.append((name, kind))
-    return columns
+    names = [n for n, _ in columns]
+    for name in required:
+        if name not in names:
+            raise DataFormatError(path, 1, f"header has no '{name}' column (got {names})")
+
+    def rows() -> Iterator[tuple[int, list[str]]]:
+        for number, line in lines:
+            if not line.strip():
+                continue
+            values = line.split("\t")
+            if len(values) != len(columns):
+                raise DataFormatError(path, number, f"expected {len(columns)} tab-separated fields, got {len(values)}")
+            yield number, values
+
+    return columns, rows()
 
 
 def read_recbole(inter_path: str | Path) -> RawData:
@@ -206,26 +229,13 @@ def read_recbole(inter_path: str | Path) -> RawData:
     else kept in file order. Text columns of ``.item`` (``token`` / ``token_seq``) become the item's text fields.
     """
     inter_path = Path(inter_path)
-    lines = _lines(inter_path)
-    try:
-        _, header = next(lines)
-    except StopIteration:
-        raise DataFormatError(inter_path, None, "empty file (expected a typed header line)") from None
-    columns = _recbole_header(inter_path, header)
+    columns, rows = _recbole_table(inter_path, ("user_id", "item_id"))
     names = [n for n, _ in columns]
-    for required in ("user_id", "item_id"):
-        if required not in names:
-            raise DataFormatError(inter_path, 1, f"header has no '{required}' column (got {names})")
     u_col, i_col = names.index("user_id"), names.index("item_id")
     t_col = names.index("timestamp") if "timestamp" in names else None
     per_user: dict[str, list[tuple[float, int, str]]] = defaultdict(list)
     order: list[str] = []
-    for number, line in lines:
-        if not line.strip():
-            continue
-        values = line.split("\t")
-        if len(values) != len(columns):
-            raise DataFormatError(inter_path, number, f"expected {len(columns)} tab-separated fields, got {len(values)}")
+    for number, values in rows:
         user, item = values[u_col].strip(), values[i_col].strip()
         t = 0.0
         if t_col is not None:
@@ -241,33 +251,19 @@ def read_recbole(inter_path: str | Path) -> RawData:
     sequences = [[item for _, _, item in sorted(per_user[u])] for u in order]
 
     items = None
-    item_path = inter_path.with_suffix(".item")
-    if not item_path.exists():
-        item_path = find_file(inter_path.parent, inter_path.name.removesuffix(".gz").removesuffix(".inter") + ".item")
-    if item_path is not None and item_path.exists():
+    item_path = find_file(inter_path.parent, inter_path.name.removesuffix(".gz").removesuffix(".inter") + ".item")
+    if item_path is not None:
         items = _read_recbole_items(item_path)
     return RawData(users=order, sequences=sequences, items=items)
 
 
 def _read_recbole_items(path: Path) -> dict[RawId, dict]:
-    lines = _lines(path)
-    try:
-        _, header = next(lines)
-    except StopIteration:
-        raise DataFormatError(path, None, "empty file (expected a typed header line)") from None
-    columns = _recbole_header(path, header)
+    columns, rows = _recbole_table(path, ("item_id",))
     names = [n for n, _ in columns]
-    if "item_id" not in names:
-        raise DataFormatError(path, 1, f"header has no 'item_id' column (got {names})")
     i_col = names.index("item_id")
     text_cols = [(j, n) for j, (n, kind) in enumerate(columns) if j != i_col and kind in ("token", "token_seq")]
     items: dict[RawId, dict] = {}
-    for number, line in lines:
-        if not line.strip():
-            continue
-        values = line.split("\t")
-        if len(values) != len(columns):
-            raise DataFormatError(path, number, f"expected {len(columns)} tab-separated fields, got {len(values)}")
+    for number, values in rows:
         item = values[i_col].strip()
         if item in items:
             raise DataFormatError(path, number, f"item {item!r} is listed twice")
