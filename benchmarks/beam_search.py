@@ -30,10 +30,11 @@ from collections import defaultdict
 
 import numpy as np
 import torch
-from transformers import T5Config, T5ForConditionalGeneration
+from transformers import T5ForConditionalGeneration
 
 from genrec.decoding import PrefixIndex, beam_search
-from genrec.seq2seq.vocab import EOS_ID, PAD_ID, CodeVocab
+from genrec.seq2seq.module import T5Architecture, build_t5
+from genrec.seq2seq.vocab import EOS_ID, CodeVocab
 
 
 def make_catalogue(n_items: int, levels: int, size: int, seed: int) -> torch.Tensor:
@@ -52,21 +53,9 @@ def make_catalogue(n_items: int, levels: int, size: int, seed: int) -> torch.Ten
 
 
 def make_model(vocab: CodeVocab, seed: int) -> T5ForConditionalGeneration:
+    """The TIGER-size model genrec trains (configs/tiger/beauty.yaml), with random weights and no dropout."""
     torch.manual_seed(seed)
-    config = T5Config(
-        vocab_size=vocab.size,
-        d_model=128,
-        d_kv=64,
-        num_heads=6,
-        d_ff=1024,
-        num_layers=4,
-        num_decoder_layers=4,
-        dropout_rate=0.0,
-        pad_token_id=PAD_ID,
-        eos_token_id=EOS_ID,
-        decoder_start_token_id=PAD_ID,
-    )
-    return T5ForConditionalGeneration(config).eval()
+    return build_t5(vocab, T5Architecture(dropout=0.0)).eval()
 
 
 def build_trie(tokens: torch.Tensor) -> dict[tuple[int, ...], list[int]]:
