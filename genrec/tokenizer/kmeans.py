@@ -64,6 +64,25 @@ def nearest_centroid(x: Tensor, centroids: Tensor, *, chunk_size: int = 16384) -
     return torch.cat(indices), torch.cat(dists)
 
 
+def reseed_empty(centroids: Tensor, empty: list[int], x: Tensor, served: Tensor) -> None:
+    """Moves each empty centre onto the worst-served point, in place.
+
+    One at a time, counting the centres moved so far (farthest-point order), so several empty centres do not all
+    land in the same badly served cluster.
+
+    Args:
+        centroids: (k, d) float, edited in place.
+        empty: indices of the empty centres.
+        x: (n, d) the points.
+        served: (n,) squared distance of each point to its current centre.
+    """
+    served = served.clone()
+    for index in empty:
+        far = int(served.argmax())
+        centroids[index] = x[far]
+        served = torch.minimum(served, squared_distances(x, x[far : far + 1]).squeeze(1))
+
+
 def kmeans_plusplus(x: Tensor, k: int, *, generator: torch.Generator, n_trials: int | None = None) -> Tensor:
     """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; the greedy variant samples a few candidates per step
     and keeps the one that lowers the potential most, which avoids the occasional bad draw).
@@ -164,13 +183,7 @@ def kmeans(
         empty = counts == 0
         centroids = sums / counts.clamp_min(1).unsqueeze(1).to(x.dtype)
         if bool(empty.any()):
-            # Move each empty centre onto the worst-served point, one at a time, counting the centres moved so far
-            # (farthest-point order), so several empty centres do not all land in the same badly served cluster.
-            served = dists.clone()
-            for index in torch.nonzero(empty).flatten().tolist():
-                far = int(served.argmax())
-                centroids[index] = x[far]
-                served = torch.minimum(served, squared_distances(x, x[far : far + 1]).squeeze(1))
+            reseed_empty(centroids, torch.nonzero(empty).flatten().tolist(), x, dists)
             previous = math.inf  # the objective jumped; do not declare convergence on this step
             continue
         if previous < math.inf and previous - inertia <= tol * previous:
