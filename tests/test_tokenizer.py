@@ -150,6 +150,36 @@ def test_extra_code_level_is_added_even_without_collisions():
     assert sizes == (2, 2, 1) and out[:, -1].tolist() == [0, 0, 0]
 
 
+def test_popularity_extra_code_ranks_each_group_by_descending_popularity():
+    codes = colliding_codes()
+    popularity = torch.randint(4, (300,), generator=torch.Generator().manual_seed(3))  # many ties
+    out = append_collision_code(codes, popularity)
+    assert torch.equal(out[:, :3], codes)
+    assert_unique(out)
+    for row in torch.unique(codes, dim=0):
+        members = torch.nonzero((codes == row).all(dim=1)).flatten()
+        extra = out[members, -1]
+        assert sorted(extra.tolist()) == list(range(members.numel()))
+        ranked = members[torch.argsort(extra)].tolist()  # the group in extra-code order
+        # Strictly ordered by (descending popularity, item index): the most popular item gets 0.
+        keys = [(-int(popularity[i]), i) for i in ranked]
+        assert all(a < b for a, b in zip(keys, keys[1:]))
+    # All-equal popularity is TIGER's item-index order.
+    assert torch.equal(append_collision_code(codes, torch.zeros(300)), append_collision_code(codes))
+
+
+def test_popularity_order_input_errors():
+    codes = colliding_codes()
+    with pytest.raises(ValueError, match=r"one entry per item, shape \(300,\), got \(299,\)"):
+        append_collision_code(codes, torch.ones(299))
+    nan = torch.ones(300)
+    nan[7] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN or inf \(items \[7\]\)"):
+        resolve_collisions(codes, strategy="extra_code", codebook_size=3, popularity=nan)
+    with pytest.raises(ValueError, match="'reassign' does not use it"):
+        resolve_collisions(codes, strategy="reassign", codebook_size=3, distances=torch.rand(300, 3), popularity=nan)
+
+
 def test_reassign_makes_ids_unique_and_moves_only_colliding_items():
     g = torch.Generator().manual_seed(2)
     codes = torch.randint(4, (120, 3), generator=g)
@@ -347,12 +377,48 @@ def test_rqkmeans_lightning_fits_in_one_step(tmp_path):
         _trainer(tmp_path, max_epochs=1).fit(small_batches, datamodule=ItemFeatures(features=x, batch_size=100))
 
 
+def test_rqkmeans_lightning_orders_the_collision_code_by_training_popularity(tiny_dataset, tmp_path):
+    from genrec.tokenizer.datamodule import ItemFeatures
+    from genrec.tokenizer.lightning import RQKMeansTokenizer
+
+    # Two well-separated pairs of identical points and one more item: 1 level x 2 codes must collide.
+    x = torch.tensor([[0.0, 0.0], [0.0, 0.0], [9.0, 9.0], [9.0, 9.0], [0.1, 0.0]])
+    popularity = [2, 2, 0, 1, 1]  # training interactions of tiny_dataset's items (tests/test_graph.py)
+    for order in ("index", "popularity"):
+        module = RQKMeansTokenizer(
+            output_dir=str(tmp_path / order), levels=1, codebook_size=2, max_iter=10, collision_order=order
+        )
+        data = ItemFeatures(dataset=str(tiny_dataset), features=x, batch_size=None)
+        _trainer(tmp_path, max_epochs=1).fit(module, datamodule=data)
+        ids = load_tokenizer(tmp_path / order)
+        assert ids.config["collision_order"] == order and ids.config["hparams"]["collision_order"] == order
+        for code in ids.codes[:, 0].unique():
+            members = torch.nonzero(ids.codes[:, 0] == code).flatten().tolist()
+            ranked = sorted(members, key=lambda i: int(ids.codes[i, 1]))
+            if order == "index":
+                assert ranked == sorted(members)
+            else:
+                assert ranked == sorted(members, key=lambda i: (-popularity[i], i))
+    # Items 2 and 3 collide: by index item 2 gets 0; by popularity item 3 (1 interaction) beats item 2 (none).
+    assert load_tokenizer(tmp_path / "index").codes[[2, 3], 1].tolist() == [0, 1]
+    assert load_tokenizer(tmp_path / "popularity").codes[[2, 3], 1].tolist() == [1, 0]
+
+    wrong = ItemFeatures(dataset=str(tiny_dataset), features=torch.randn(6, 2), batch_size=None)
+    module = RQKMeansTokenizer(output_dir=str(tmp_path / "w"), levels=1, codebook_size=2, collision_order="popularity")
+    with pytest.raises(ValueError, match=r"\(5 items\), but the item features have 6 rows"):
+        _trainer(tmp_path, max_epochs=1).fit(module, datamodule=wrong)
+
+
 def test_lightning_modules_validate_collision_strategy():
     from genrec.tokenizer.lightning import RQKMeansTokenizer, RQVAETokenizer
 
     for cls in (RQKMeansTokenizer, RQVAETokenizer):
         with pytest.raises(ValueError, match="collision must be one of"):
             cls(output_dir="x", collision="hash")
+        with pytest.raises(ValueError, match="collision_order must be one of"):
+            cls(output_dir="x", collision_order="alphabetical")
+        with pytest.raises(ValueError, match="orders the extra code of collision='extra_code', not 'reassign'"):
+            cls(output_dir="x", collision="reassign", collision_order="popularity")
 
 
 def test_lightning_modules_check_the_data(tmp_path):

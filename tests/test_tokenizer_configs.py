@@ -18,11 +18,11 @@ def test_tokenizer_config_instantiates(config, tmp_path):
     from genrec.cli import main
     from genrec.tokenizer.datamodule import ItemFeatures
     from genrec.tokenizer.features import FeatureSource
-    from genrec.tokenizer.lightning import RQKMeansTokenizer, RQVAETokenizer
+    from genrec.tokenizer.lightning import ConstrainedKMeansTokenizer, RQKMeansTokenizer, RQVAETokenizer
 
     # Through train.py's own CLI, so its argument links are exercised too; nothing is loaded or fitted.
     cli = main(["--config", str(config), "--trainer.default_root_dir", str(tmp_path)], run=False)
-    assert isinstance(cli.model, (RQKMeansTokenizer, RQVAETokenizer))
+    assert isinstance(cli.model, (RQKMeansTokenizer, RQVAETokenizer, ConstrainedKMeansTokenizer))
     assert isinstance(cli.datamodule, ItemFeatures)
     assert cli.datamodule.sources and all(isinstance(s, FeatureSource) for s in cli.datamodule.sources)
     assert cli.model.hparams.output_dir == f"tokenizers/{config.stem}"

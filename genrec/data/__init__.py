@@ -2,7 +2,7 @@
 
 from genrec.data.dataset import BUNDLED, SequenceDataset, load_dataset, resolve
 from genrec.data.formats import DataFormatError
-from genrec.data.split import Samples, Split, leave_one_out
+from genrec.data.split import Samples, Split, item_popularity, leave_one_out, training_interactions, training_part
 
 __all__ = [
     "BUNDLED",
@@ -10,7 +10,10 @@ __all__ = [
     "Samples",
     "SequenceDataset",
     "Split",
+    "item_popularity",
     "leave_one_out",
     "load_dataset",
     "resolve",
+    "training_interactions",
+    "training_part",
 ]

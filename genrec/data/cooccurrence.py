@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from genrec.data.dataset import load_dataset
+from genrec.data.split import HOLDOUT, training_part
 from genrec.tokenizer.features import FeatureSource, Normalization
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ def cooccurrence_embeddings(
     *,
     dim: int = 64,
     window: int = 3,
-    holdout: int = 2,
+    holdout: int = HOLDOUT,
     seed: int = 0,
 ) -> torch.Tensor:
     """Item embeddings from the item-item co-occurrence of the training sequences.
@@ -49,7 +50,7 @@ def cooccurrence_embeddings(
         raise ValueError(f"dim must be in [1, n_items) = [1, {n}), got {dim}")
     rows, cols = [], []
     for seq in ds.sequences:
-        train = seq[: len(seq) - holdout] if holdout else seq
+        train = training_part(seq, holdout)
         for offset in range(1, window + 1):
             if len(train) > offset:
                 rows.append(train[:-offset])

@@ -19,6 +19,8 @@ from genrec.data.dataset import SequenceDataset
 log = logging.getLogger(__name__)
 
 PAD_ITEM = -1
+HOLDOUT = 2
+"""Trailing items of each sequence that no model or feature may train on: the validation target, then the test one."""
 
 
 class Samples(NamedTuple):
@@ -55,6 +57,33 @@ class Split:
     test: Samples
     max_len: int
     skipped: dict[str, int] = field(default_factory=dict)
+
+
+def training_part(seq: np.ndarray, holdout: int = HOLDOUT) -> np.ndarray:
+    """The items of ``seq`` that training may see: all but the last ``holdout`` (empty for shorter sequences)."""
+    if holdout < 0:
+        raise ValueError(f"holdout must be >= 0, got {holdout}")
+    return seq[: max(len(seq) - holdout, 0)]
+
+
+def training_interactions(dataset: SequenceDataset, holdout: int = HOLDOUT) -> tuple[np.ndarray, np.ndarray]:
+    """Every (user, item) interaction of the training parts, in sequence order, repeats kept.
+
+    Returns:
+        users, items: (e,) int64 dense indices each.
+    """
+    parts = [training_part(seq, holdout) for seq in dataset.sequences]
+    lengths = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
+    users = np.repeat(np.arange(len(parts), dtype=np.int64), lengths)
+    items = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+    return users, items
+
+
+def item_popularity(dataset: SequenceDataset, holdout: int = HOLDOUT) -> np.ndarray:
+    """(n_items,) int64 number of training interactions of each item (held-out validation and test items excluded,
+    so popularity never leaks the targets)."""
+    _, items = training_interactions(dataset, holdout)
+    return np.bincount(items, minlength=dataset.n_items).astype(np.int64)
 
 
 def _windows(seq: np.ndarray, max_len: int) -> np.ndarray:
@@ -101,11 +130,11 @@ def leave_one_out(dataset: SequenceDataset, *, max_len: int = 20) -> Split:
             skipped["test"] += 1
         if m >= 3:
             parts["valid"][0].append(u)
-            parts["valid"][1].append(_last(seq[:-2], max_len))
+            parts["valid"][1].append(_last(training_part(seq), max_len))
             parts["valid"][2].append(seq[-2])
         else:
             skipped["valid"] += 1
-        train = seq[:-2]
+        train = training_part(seq)
         if len(train) >= 2:
             windows = _windows(train, max_len)
             train_hist.append(windows)

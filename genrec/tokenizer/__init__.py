@@ -10,6 +10,7 @@ Batched k-means lives in ``genrec.tokenizer.kmeans`` (not re-exported: the funct
 
 from genrec.tokenizer.artifact import SemanticIds, feature_fingerprint, load_tokenizer, save_tokenizer
 from genrec.tokenizer.collisions import (
+    CollisionOrder,
     CollisionStats,
     CollisionStrategy,
     append_collision_code,
@@ -32,6 +33,7 @@ from genrec.tokenizer.rqvae import RQVAE, RQVAEOutput
 
 __all__ = [
     "RQVAE",
+    "CollisionOrder",
     "CollisionStats",
     "CollisionStrategy",
     "FeatureSource",

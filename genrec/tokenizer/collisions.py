@@ -4,7 +4,10 @@ Two strategies:
 
 - ``"extra_code"`` (TIGER §3.1, default): append one level; the items of a group that share an ID get 0, 1, 2, ...
   in item-index order, everyone else 0. The level is appended even when nothing collides (its size is then 1), so
-  every artifact of a method has the same number of levels; its size is the largest group.
+  every artifact of a method has the same number of levels; its size is the largest group. With a ``popularity``
+  per item (MMGRec, Liu et al. 2024: a popularity token), a group's items are ranked by descending popularity
+  instead (ties by item index), so the most popular item of every group gets 0: the extra code then carries
+  information a recommender can learn (code 0 is the safest guess) rather than an arbitrary catalogue order.
 - ``"reassign"`` (in the spirit of LC-Rec / LETTER, which keep IDs at l codes with a balanced last level): within
   each (l-1)-prefix, items that collide keep the one closest to the shared code, and the others move, greedily by
   distance, to the nearest last-level code that no item of that prefix uses. Greedy smallest-distance-first rather
@@ -20,6 +23,8 @@ from torch import Tensor
 
 CollisionStrategy = Literal["extra_code", "reassign"]
 STRATEGIES: tuple[str, ...] = ("extra_code", "reassign")
+CollisionOrder = Literal["index", "popularity"]
+ORDERS: tuple[str, ...] = ("index", "popularity")
 
 
 class CollisionStats(NamedTuple):
@@ -65,21 +70,38 @@ def assert_unique(codes: Tensor) -> None:
         )
 
 
-def append_collision_code(codes: Tensor) -> Tensor:
-    """TIGER's extra level: the rank of each item within its group of identical IDs (item-index order).
+def append_collision_code(codes: Tensor, popularity: Tensor | None = None) -> Tensor:
+    """The extra level: the rank of each item within its group of identical IDs.
 
     Args:
         codes: (n, l) int64.
+        popularity: (n,) real, e.g. training interaction counts; None ranks a group in item-index order (TIGER),
+            otherwise by descending popularity with ties in item-index order (MMGRec).
 
     Returns:
         (n, l + 1) int64; the new last column is in [0, max_group).
     """
+    n = codes.shape[0]
     inverse, counts = _groups(codes)
-    order = torch.argsort(inverse, stable=True)
+    if popularity is None:
+        order = torch.argsort(inverse, stable=True)
+    else:
+        _check_popularity(popularity, n)
+        # Two stable sorts make a lexicographic order: group, then descending popularity, then item index.
+        by_popularity = torch.argsort(-popularity.to(device=codes.device, dtype=torch.float64), stable=True)
+        order = by_popularity[torch.argsort(inverse[by_popularity], stable=True)]
     starts = torch.cumsum(counts, dim=0) - counts  # first position of each group in ``order``
     rank = torch.empty_like(inverse)
-    rank[order] = torch.arange(codes.shape[0], device=codes.device) - starts[inverse[order]]
+    rank[order] = torch.arange(n, device=codes.device) - starts[inverse[order]]
     return torch.cat([codes, rank.unsqueeze(1)], dim=1)
+
+
+def _check_popularity(popularity: Tensor, n: int) -> None:
+    if popularity.shape != (n,):
+        raise ValueError(f"popularity must have one entry per item, shape ({n},), got {tuple(popularity.shape)}")
+    if not bool(torch.isfinite(popularity.double()).all()):
+        bad = torch.nonzero(~torch.isfinite(popularity.double())).flatten()[:10].tolist()
+        raise ValueError(f"popularity holds NaN or inf (items {bad})")
 
 
 def reassign_last_level(codes: Tensor, distances: Tensor) -> Tensor:
@@ -137,7 +159,12 @@ def reassign_last_level(codes: Tensor, distances: Tensor) -> Tensor:
 
 
 def resolve_collisions(
-    codes: Tensor, *, strategy: CollisionStrategy, codebook_size: int, distances: Tensor | None = None
+    codes: Tensor,
+    *,
+    strategy: CollisionStrategy,
+    codebook_size: int,
+    distances: Tensor | None = None,
+    popularity: Tensor | None = None,
 ) -> tuple[Tensor, tuple[int, ...]]:
     """Makes every semantic ID unique and checks it.
 
@@ -146,6 +173,8 @@ def resolve_collisions(
         strategy: ``"extra_code"`` or ``"reassign"`` (see the module docstring).
         codebook_size: codes per level k.
         distances: (n, k) float, needed by ``"reassign"``.
+        popularity: (n,) real, orders each group's extra code by descending popularity (``"extra_code"`` only);
+            None for item-index order.
 
     Returns:
         The unique codes, (n, l + 1) for ``"extra_code"`` and (n, l) for ``"reassign"``, and the size of each level.
@@ -153,9 +182,11 @@ def resolve_collisions(
     if strategy not in STRATEGIES:
         raise ValueError(f"collision strategy must be one of {STRATEGIES}, got {strategy!r}")
     if strategy == "extra_code":
-        out = append_collision_code(codes)
+        out = append_collision_code(codes, popularity)
         sizes = (codebook_size,) * codes.shape[1] + (int(out[:, -1].max()) + 1,)
     else:
+        if popularity is not None:
+            raise ValueError("popularity orders the extra code of strategy 'extra_code'; 'reassign' does not use it")
         if distances is None:
             raise ValueError("collision strategy 'reassign' needs the (n, k) last-level distances")
         out = reassign_last_level(codes, distances)

@@ -33,6 +33,7 @@ def export_tokenizer(
     collision: CollisionStrategy,
     config: dict,
     fit_seconds: float,
+    popularity: Tensor | None = None,
 ) -> SemanticIds:
     """Makes the IDs unique, measures them and writes the artifact.
 
@@ -46,13 +47,19 @@ def export_tokenizer(
         collision: collision strategy (see ``genrec.tokenizer.collisions``).
         config: what produced the tokenizer; saved as config.json with the collision strategy and versions added.
         fit_seconds: wall-clock fitting time.
+        popularity: (n,) real per item; orders the extra collision code by descending popularity (MMGRec) instead
+            of item index. Recorded as ``collision_order`` in config.json.
 
     Returns:
         The artifact as :func:`load_tokenizer` reads it back.
     """
     levels = raw_codes.shape[1]
     codes, level_sizes = resolve_collisions(
-        raw_codes, strategy=collision, codebook_size=codebooks.shape[1], distances=last_distances
+        raw_codes,
+        strategy=collision,
+        codebook_size=codebooks.shape[1],
+        distances=last_distances,
+        popularity=popularity,
     )
     # Measured on the final first-l codes: "reassign" moves some items, and the metric should describe the IDs used.
     reconstruction = reconstruct(codes[:, :levels])
@@ -67,6 +74,7 @@ def export_tokenizer(
     full_config = {
         **config,
         "collision": collision,
+        "collision_order": "index" if popularity is None else "popularity",
         "feature_shape": list(features.shape),
         "genrec_version": genrec.__version__,
         "torch_version": torch.__version__,

@@ -1,13 +1,15 @@
 """Thin LightningModules that fit a tokenizer with ``train.py fit`` and write its artifact when fit ends.
 
-Both read the catalogue from an :class:`~genrec.tokenizer.datamodule.ItemFeatures` datamodule, derive the input
-width from it (``input_dim`` is filled in at setup and saved with the hyperparameters), and on ``on_fit_end`` encode
-every item, resolve collisions and write ``output_dir`` (skipped under ``fast_dev_run``, which must not overwrite a
-real artifact).
+All read the catalogue from an :class:`~genrec.tokenizer.datamodule.ItemFeatures` datamodule and write
+``output_dir`` on ``on_fit_end`` (skipped under ``fast_dev_run``, which must not overwrite a real artifact). The
+RQ-KMeans and RQ-VAE modules derive the input width from the data (``input_dim`` is filled in at setup and saved
+with the hyperparameters), encode every item and resolve collisions; ``ConstrainedKMeansTokenizer`` (ColaRec) has
+no width-dependent parameters and makes IDs unique by construction, so it has no collision step.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import time
 
@@ -15,8 +17,12 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from genrec.tokenizer.collisions import STRATEGIES, CollisionStrategy
+import genrec
+from genrec.tokenizer.artifact import feature_fingerprint, load_tokenizer, save_tokenizer
+from genrec.tokenizer.collisions import ORDERS, STRATEGIES, CollisionOrder, CollisionStrategy
+from genrec.tokenizer.constrained_kmeans import HierarchicalCodes, hierarchical_codes
 from genrec.tokenizer.export import export_tokenizer, log_tokenizer
+from genrec.tokenizer.metrics import tokenizer_metrics
 from genrec.tokenizer.residual import last_level_distances
 from genrec.tokenizer.rq_kmeans import ResidualKMeans
 from genrec.tokenizer.rqvae import RQVAE
@@ -46,9 +52,31 @@ def _derive_input_dim(module: pl.LightningModule, features: Tensor) -> bool:
     return False
 
 
-def _check_collision(collision: str) -> None:
+def _check_collision(collision: str, order: str = "index") -> None:
     if collision not in STRATEGIES:
         raise ValueError(f"collision must be one of {STRATEGIES}, got {collision!r}")
+    if order not in ORDERS:
+        raise ValueError(f"collision_order must be one of {ORDERS}, got {order!r}")
+    if order == "popularity" and collision != "extra_code":
+        raise ValueError(
+            f"collision_order='popularity' orders the extra code of collision='extra_code', not {collision!r}"
+        )
+
+
+def _collision_popularity(trainer: pl.Trainer, order: str, n_items: int) -> Tensor | None:
+    """None for item-index order; else (n_items,) training interaction counts of the datamodule's dataset."""
+    if order == "index":
+        return None
+    from genrec.data.dataset import load_dataset
+    from genrec.data.split import item_popularity
+
+    dataset = load_dataset(trainer.datamodule.dataset)
+    if dataset.n_items != n_items:
+        raise ValueError(
+            f"collision_order='popularity' counts the training interactions of dataset {dataset.name!r} "
+            f"({dataset.n_items} items), but the item features have {n_items} rows; set data.init_args.dataset"
+        )
+    return torch.from_numpy(item_popularity(dataset))
 
 
 class RQKMeansTokenizer(pl.LightningModule):
@@ -66,6 +94,8 @@ class RQKMeansTokenizer(pl.LightningModule):
         tol: relative inertia improvement below which a level stops.
         seed: k-means++ seed.
         collision: ``"extra_code"`` (TIGER) or ``"reassign"``; see ``genrec.tokenizer.collisions``.
+        collision_order: order of the extra code within a colliding group: ``"index"`` (TIGER) or
+            ``"popularity"`` (MMGRec: most training interactions first, counted on the datamodule's dataset).
     """
 
     def __init__(
@@ -79,9 +109,10 @@ class RQKMeansTokenizer(pl.LightningModule):
         tol: float = 1e-4,
         seed: int = 0,
         collision: CollisionStrategy = "extra_code",
+        collision_order: CollisionOrder = "index",
     ) -> None:
         super().__init__()
-        _check_collision(collision)
+        _check_collision(collision, collision_order)
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.quantizer: ResidualKMeans | None = None
@@ -139,6 +170,7 @@ class RQKMeansTokenizer(pl.LightningModule):
             collision=self.hparams.collision,
             config={"method": "rq-kmeans", "hparams": dict(self.hparams), "data": data},
             fit_seconds=self.fit_seconds,
+            popularity=_collision_popularity(self.trainer, self.hparams.collision_order, x.shape[0]),
         )
         log_tokenizer(self.trainer.loggers, ids, step=self.global_step)
 
@@ -159,6 +191,8 @@ class RQVAETokenizer(pl.LightningModule):
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         collision: ``"extra_code"`` (TIGER) or ``"reassign"``; see ``genrec.tokenizer.collisions``.
+        collision_order: order of the extra code within a colliding group: ``"index"`` (TIGER) or
+            ``"popularity"`` (MMGRec: most training interactions first, counted on the datamodule's dataset).
     """
 
     def __init__(
@@ -173,9 +207,10 @@ class RQVAETokenizer(pl.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         collision: CollisionStrategy = "extra_code",
+        collision_order: CollisionOrder = "index",
     ) -> None:
         super().__init__()
-        _check_collision(collision)
+        _check_collision(collision, collision_order)
         self.save_hyperparameters()
         self.model: RQVAE | None = None
         self.fit_start = 0.0
@@ -265,5 +300,112 @@ class RQVAETokenizer(pl.LightningModule):
             collision=self.hparams.collision,
             config={"method": "rq-vae", "hparams": dict(self.hparams), "data": data},
             fit_seconds=fit_seconds,
+            popularity=_collision_popularity(self.trainer, self.hparams.collision_order, x.shape[0]),
         )
         log_tokenizer(self.trainer.loggers, ids, step=self.global_step)
+
+
+class ConstrainedKMeansTokenizer(pl.LightningModule):
+    """ColaRec's item IDs under Lightning: hierarchical size-constrained k-means, then the index within the leaf.
+
+    One training step clusters the whole catalogue with
+    :func:`~genrec.tokenizer.constrained_kmeans.hierarchical_codes`; configure the datamodule with
+    ``batch_size: null`` and the trainer with ``max_epochs: 1``. The IDs are unique by construction, so there is no
+    collision step: ``on_fit_end`` measures and writes them directly (skipped under ``fast_dev_run``), with level
+    sizes (branching..., largest leaf). The artifact has no codebooks.pt: a level's centroids depend on the parent
+    cluster, which an (l, k, d) codebook cannot hold; the reconstruction metric uses each item's leaf centroid.
+
+    Args:
+        output_dir: artifact folder, e.g. ``tokenizers/beauty-colarec``.
+        branching: clusters per level (ColaRec: 32, 32).
+        max_iter: Lloyd iterations at most per clustering.
+        tol: relative inertia improvement below which a clustering stops.
+        seed: base k-means++ seed.
+    """
+
+    def __init__(
+        self,
+        *,
+        output_dir: str,
+        branching: tuple[int, ...] = (32, 32),
+        max_iter: int = 50,
+        tol: float = 1e-4,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if not branching or min(branching) < 1:
+            raise ValueError(f"branching must be a non-empty sequence of positive cluster counts, got {branching}")
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.result: HierarchicalCodes | None = None
+        self.fit_seconds = 0.0
+
+    def setup(self, stage: str) -> None:
+        _datamodule_features(self.trainer)  # fail before fitting when the datamodule is not ItemFeatures
+
+    def configure_optimizers(self) -> None:
+        return None
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> None:
+        features, _ = _datamodule_features(self.trainer)
+        if batch.shape[0] != features.shape[0]:
+            raise ValueError(
+                f"constrained k-means fits on the whole catalogue in one step, but got a batch of {batch.shape[0]} "
+                f"of {features.shape[0]} items; set data.init_args.batch_size: null"
+            )
+        if self.result is not None:
+            return None  # a later epoch: the IDs are final
+        start = time.perf_counter()
+        # The datamodule's matrix, not the batch: the codes are per dense item, so row order must be item order.
+        self.result = hierarchical_codes(
+            features.to(batch.device),
+            tuple(self.hparams.branching),
+            max_iter=self.hparams.max_iter,
+            tol=self.hparams.tol,
+            seed=self.hparams.seed,
+        )
+        self.fit_seconds = time.perf_counter() - start
+        return None
+
+    @torch.no_grad()
+    def on_fit_end(self) -> None:
+        if self.trainer.fast_dev_run:
+            log.info("fast_dev_run: tokenizer artifact not written")
+            return
+        features, data = _datamodule_features(self.trainer)
+        codes, level_sizes, reconstruction = self.result
+        x = features.to(codes.device)
+        metrics = tokenizer_metrics(
+            features=x,
+            reconstruction=reconstruction,
+            # The cluster path before the leaf index: collision_rate / max_group then say how items share leaves
+            # (max_group = the largest leaf), as they say how items share IDs before TIGER's extra code.
+            raw_codes=codes[:, :-1],
+            codes=codes,
+            level_sizes=level_sizes,
+            fit_seconds=self.fit_seconds,
+        )
+        # The same config.json fields as export_tokenizer writes; "collision" names what makes the IDs unique and
+        # "collision_order" what orders the items of a leaf.
+        config = {
+            "method": "constrained-kmeans",
+            "hparams": dict(self.hparams),
+            "data": data,
+            "collision": "leaf_index",
+            "collision_order": "distance",
+            "feature_shape": list(x.shape),
+            "genrec_version": genrec.__version__,
+            "torch_version": torch.__version__,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        save_tokenizer(
+            self.hparams.output_dir,
+            codes=codes,
+            level_sizes=level_sizes,
+            codebooks=None,
+            config=config,
+            metrics=metrics,
+            fingerprint=feature_fingerprint(x),
+        )
+        log.info("tokenizer written to %s: %s", self.hparams.output_dir, metrics)
+        log_tokenizer(self.trainer.loggers, load_tokenizer(self.hparams.output_dir), step=self.global_step)
