@@ -1,4 +1,5 @@
-"""``python -m genrec.data stats|embed <dataset>``: dataset statistics and cached item text embeddings."""
+"""``python -m genrec.data stats|embed|images <dataset>``: dataset statistics, cached item text embeddings and item
+image embeddings."""
 
 from __future__ import annotations
 
@@ -23,6 +24,19 @@ def main(argv: list[str] | None = None) -> int:
     embed.add_argument("--batch-size", type=int, default=256)
     embed.add_argument("--missing-text", choices=["error", "empty"], default="error")
     embed.add_argument("--cache-dir", default=None)
+    images = sub.add_parser("images", help="embed one image per item with a vision encoder and write them to .npy")
+    images.add_argument("dataset")
+    images.add_argument("--encoder", required=True, help="HF vision model name or local folder")
+    images.add_argument("--image-dir", required=True, help="folder holding one image per item")
+    images.add_argument("--pattern", default="{item_id}.jpg", help="an item's file name under --image-dir")
+    images.add_argument("--missing", choices=["error", "zeros"], default="error", help="items without an image file")
+    images.add_argument("--batch-size", type=int, default=64)
+    images.add_argument("--device", default=None, help="default: cuda when available")
+    images.add_argument("--cache-dir", default=None)
+    images.add_argument(
+        "--output", default=None, help="the .npy (row i = dense item i, for NpyFeatures); default "
+        "runs/image-embeddings/<dataset>-<encoder>.npy"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -35,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             out = ds.stats()
             out.update(train_samples=len(split.train), valid_samples=len(split.valid), test_samples=len(split.test))
             print(json.dumps(out))
+        elif args.command == "images":
+            _images(args)
         else:
             from genrec.data.embeddings import text_embeddings
 
@@ -53,6 +69,35 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _images(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    import numpy as np
+
+    from genrec.data.dataset import dataset_name
+    from genrec.data.images import dataset_image_embeddings, encoder_slug
+
+    out = Path(args.output or f"runs/image-embeddings/{dataset_name(args.dataset)}-{encoder_slug(args.encoder)}.npy")
+    if out.suffix != ".npy":  # np.save would append .npy and the printed path would be wrong
+        raise ValueError(f"--output {str(out)!r} must end in .npy")
+    start = time.perf_counter()
+    vectors = dataset_image_embeddings(
+        args.dataset,
+        encoder=args.encoder,
+        image_dir=args.image_dir,
+        pattern=args.pattern,
+        missing=args.missing,
+        batch_size=args.batch_size,
+        device=args.device,
+        cache_dir=args.cache_dir,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, vectors.numpy())
+    print(json.dumps({"dataset": args.dataset, "items": vectors.shape[0], "dim": vectors.shape[1],
+                      "zero_rows": int((vectors == 0).all(dim=1).sum()), "output": str(out),
+                      "seconds": round(time.perf_counter() - start, 2)}))
 
 
 if __name__ == "__main__":
