@@ -27,6 +27,7 @@ class GenRecCLI(LightningCLI):
         parser.link_arguments("data.n_user_buckets", "model.init_args.n_user_buckets", apply_on="instantiate")
         parser.link_arguments("data.n_items", "model.init_args.n_items", apply_on="instantiate")
         parser.link_arguments("data.max_len", "model.init_args.max_len", apply_on="instantiate")
+        parser.link_arguments("data.input_level_sizes", "model.init_args.input_level_sizes", apply_on="instantiate")
 
     def _option(self, name: str):
         return self.config[self.subcommand].get(name) if self.subcommand else None

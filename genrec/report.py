@@ -47,7 +47,12 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 # LightningModule class -> the name used in papers and in the table.
 MODEL_NAMES = {"GenerativeRecommender": "TIGER", "SASRecRecommender": "SASRec"}
 # Feature source class (tokenizer artifact config.json, data.sources[].type) -> short name.
-FEATURE_NAMES = {"TextEmbeddings": "text", "CooccurrenceFeatures": "cooccurrence"}
+FEATURE_NAMES = {
+    "TextEmbeddings": "text",
+    "CooccurrenceFeatures": "cooccurrence",
+    "ImageEmbeddings": "image",
+    "GraphFeatures": "graph",
+}
 
 # Published numbers on the same P5 leave-one-out splits (genrec/data/bundled/README.md). None: not reported.
 PUBLISHED: tuple[dict[str, Any], ...] = (
@@ -75,27 +80,49 @@ class RecordError(ValueError):
 # ---------------------------------------------------------------------------------------------------- writing
 
 
-def describe_features(datamodule: Any) -> tuple[str, str]:
-    """``(features, tokenizer)`` of a datamodule: from its semantic-ID artifact's config.json, else item ids."""
-    semantic_ids = getattr(datamodule, "semantic_ids", None)
-    if semantic_ids is None:
-        return "item ids", "-"
-    config = semantic_ids.config or {}
+def _source_names(sources: Sequence[Mapping[str, Any]]) -> list[str]:
     names = []
-    for source in (config.get("data") or {}).get("sources") or []:
+    for source in sources:
         kind = source.get("type", "?")
         if kind == "NpyFeatures":  # a .npy matrix: name it by its file (SASRec item embeddings in our configs)
             stem = Path(str(source.get("path", "npy"))).stem
             names.append("sasrec" if "sasrec" in str(source.get("path", "")).lower() else stem)
+        elif kind == "GraphFeatures":  # a graph encoder over other sources
+            inner = _source_names(source.get("sources") or [])
+            names.append(f"graph({'+'.join(inner)})" if inner else "graph")
         else:
             names.append(FEATURE_NAMES.get(kind, kind))
+    return names
+
+
+def _artifact_features(semantic_ids: Any) -> str:
+    config = semantic_ids.config or {}
+    return "+".join(_source_names((config.get("data") or {}).get("sources") or [])) or "unknown"
+
+
+def describe_features(datamodule: Any) -> tuple[str, str]:
+    """``(features, tokenizer)`` of a datamodule: from its semantic-ID artifact's config.json, else item ids.
+
+    Input-only modalities (MSCGRec) follow as ``| input: ...``, item content (ColaRec) as ``| content: ...``.
+    """
+    semantic_ids = getattr(datamodule, "semantic_ids", None)
+    if semantic_ids is None:
+        return "item ids", "-"
+    config = semantic_ids.config or {}
+    features = _artifact_features(semantic_ids)
+    inputs = [_artifact_features(ids) for ids in getattr(datamodule, "input_ids", None) or []]
+    if inputs:
+        features += " | input: " + ", ".join(inputs)
+    content = (getattr(datamodule, "hparams", None) or {}).get("content_sources") or []
+    if content:
+        features += " | content: " + "+".join(FEATURE_NAMES.get(type(c).__name__, type(c).__name__) for c in content)
     hparams = config.get("hparams") or {}
     tokenizer = config.get("method", "?")
     if hparams.get("levels") and hparams.get("codebook_size"):
         tokenizer += f" {hparams['levels']}x{hparams['codebook_size']}"
     if config.get("collision"):
         tokenizer += f" + {config['collision']}"
-    return "+".join(names) or "unknown", f"{tokenizer} ({semantic_ids.path})"
+    return features, f"{tokenizer} ({semantic_ids.path})"
 
 
 def device_name(trainer: Any) -> str:
@@ -155,7 +182,7 @@ def write_record(
     dataset = getattr(getattr(datamodule, "dataset", None), "name", None) or "?"
     now = datetime.now(timezone.utc)
     record = {
-        "model": MODEL_NAMES.get(type(model).__name__, type(model).__name__),
+        "model": getattr(model, "system_name", None) or MODEL_NAMES.get(type(model).__name__, type(model).__name__),
         "dataset": dataset,
         "features": features,
         "tokenizer": tokenizer,

@@ -3,8 +3,10 @@ instantiates through genrec's CLI, and starts with its header: purpose, exact co
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -20,6 +22,8 @@ CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "tokenizer" no
 def test_configs_exist():
     names = {str(p.relative_to(ROOT / "configs")) for p in CONFIGS}
     assert {"debug.yaml", "tiger/beauty.yaml", "tiger/beauty-cpu.yaml", "tiger/sports.yaml"} <= names
+    for system in ("mmgrec", "colarec", "mscgrec"):
+        assert {f"{system}/beauty.yaml", f"{system}/beauty-cpu.yaml"} <= names
 
 
 @pytest.mark.parametrize("config", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: str(p.relative_to(ROOT)))
@@ -49,6 +53,14 @@ def test_config_instantiates(config, tmp_path):
     args = ["--config", str(config), f"--trainer.default_root_dir={tmp_path}"]
     if "tokenizer" in data:  # item-ID baselines (SASRec) have no tokenizer
         args.append(f"--data.init_args.tokenizer={fake_tokenizer(tmp_path / 'tok', n_items, (64, 64, 64, 1))}")
+    if data.get("input_modalities"):  # MSCGRec: every input modality gets a stand-in artifact too
+        fakes = [{"tokenizer": str(fake_tokenizer(tmp_path / f"input{m}", n_items, (32, 32, 32, 1)))}
+                 for m in range(len(data["input_modalities"]))]
+        args.append(f"--data.init_args.input_modalities={json.dumps(fakes)}")
+    if data.get("content_sources"):  # ColaRec: random content instead of embedding every item's text here
+        np.save(tmp_path / "content.npy", np.random.default_rng(0).standard_normal((n_items, 24)).astype(np.float32))
+        source = {"class_path": "genrec.tokenizer.features.NpyFeatures", "init_args": {"path": str(tmp_path / "content.npy")}}
+        args.append(f"--data.init_args.content_sources={json.dumps([source])}")
     cli = main(args, run=False)
     model, datamodule = cli.model, cli.datamodule
     if "tokenizer" not in data:
@@ -60,3 +72,5 @@ def test_config_instantiates(config, tmp_path):
     assert model.vocab.level_sizes == (64, 64, 64, 1) == datamodule.level_sizes
     assert model.model.config.vocab_size == datamodule.vocab.size
     assert model.hparams.beam_width >= model.hparams.top_k >= 20
+    assert model.vocab.input_level_sizes == ((32, 32, 32, 1),) * len(data.get("input_modalities") or [])
+    assert datamodule.content_dim == (24 if data.get("content_sources") else 0)

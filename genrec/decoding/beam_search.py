@@ -4,12 +4,16 @@ Both score an item as the teacher-forced log-probability of its code tokens,
 ``sum_l log_softmax(logits over the full vocabulary)[token_l]``: beam search only restricts *which* tokens are
 expanded (code tokens of the current level whose prefix is in the catalogue), never renormalises over them, so its
 scores are directly comparable with :func:`score_items` and with the training loss.
+
+A model trained with the constrained softmax (``genrec.seq2seq.losses.constrained_cross_entropy``, MSCGRec) has
+never been taught to keep mass off invalid tokens, so it is decoded with ``normalize="valid"``: each step's
+log-softmax runs over the valid continuations of the beam's prefix only, exactly the distribution it was trained on.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +39,13 @@ class BeamSearchOutput(NamedTuple):
     codes: torch.Tensor
 
 
+Normalization = Literal["vocab", "valid"]
+
+
 def _check_inputs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, vocab: CodeVocab) -> None:
     check_supported(model)
+    if input_ids is None:  # precomputed encoder states: check the mask alone
+        input_ids = torch.zeros_like(attention_mask, dtype=torch.long)
     if input_ids.dim() != 2 or input_ids.dtype != torch.long:
         raise ValueError(f"input_ids must be (b, n) int64, got {tuple(input_ids.shape)} {input_ids.dtype}")
     if attention_mask.shape != input_ids.shape:
@@ -60,7 +69,7 @@ def _autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib
 @torch.no_grad()
 def beam_search(
     model: nn.Module,
-    input_ids: torch.Tensor,
+    input_ids: torch.Tensor | None,
     attention_mask: torch.Tensor,
     index: PrefixIndex,
     vocab: CodeVocab,
@@ -68,6 +77,8 @@ def beam_search(
     beam_width: int,
     top_k: int,
     amp_dtype: torch.dtype | None = None,
+    encoder_hidden: torch.Tensor | None = None,
+    normalize: Normalization = "vocab",
 ) -> BeamSearchOutput:
     """Top-K catalogue items per user by beam search over their semantic IDs.
 
@@ -76,29 +87,45 @@ def beam_search(
 
     Args:
         model: eval-mode ``transformers.T5ForConditionalGeneration`` trained on ``vocab``.
-        input_ids: (b, n) int64 encoder tokens (item histories), left- or right-padded with pad=0.
-        attention_mask: (b, n) 1 for real tokens, 0 for padding.
+        input_ids: (b, n) int64 encoder tokens (item histories), left- or right-padded with pad=0; None when
+            ``encoder_hidden`` is given.
+        attention_mask: (b, n) 1 for real tokens (or encoder states), 0 for padding.
         index: prefix index of the catalogue, on the same device as ``input_ids``.
         vocab: the token vocabulary; ``vocab.level_sizes`` must equal ``index.level_sizes``.
         beam_width: beams kept between levels, ``>= top_k``.
         top_k: items returned per user.
         amp_dtype: run the model under ``torch.autocast`` with this dtype (e.g. ``torch.bfloat16``);
             log-softmax and scores stay float32. ``None`` runs in the model's dtype.
+        encoder_hidden: (b, n, d) encoder states computed by the caller (models whose encoder input is not a
+            token sequence: ColaRec, MSCGRec); ``model.encoder`` is then not run.
+        normalize: ``"vocab"`` scores each step by log-softmax over the whole vocabulary; ``"valid"`` over the
+            valid continuations of the prefix only (module docstring).
 
     Returns:
         :class:`BeamSearchOutput`, items sorted by descending score; distinct, valid, -1 / ``-inf`` filled.
     """
+    if (input_ids is None) == (encoder_hidden is None):
+        raise ValueError("pass exactly one of input_ids and encoder_hidden")
+    if encoder_hidden is not None and encoder_hidden.shape[:2] != attention_mask.shape:
+        raise ValueError(
+            f"encoder_hidden {tuple(encoder_hidden.shape)} does not match attention_mask {tuple(attention_mask.shape)}"
+        )
+    if normalize not in ("vocab", "valid"):
+        raise ValueError(f"normalize must be 'vocab' or 'valid', got {normalize!r}")
     _check_inputs(model, input_ids, attention_mask, vocab)
     if top_k < 1 or beam_width < top_k:
         raise ValueError(f"need beam_width >= top_k >= 1, got beam_width={beam_width}, top_k={top_k}")
     if tuple(index.level_sizes) != tuple(vocab.level_sizes):
         raise ValueError(f"index level_sizes {index.level_sizes} != vocab level_sizes {vocab.level_sizes}")
-    if index.device != input_ids.device:
-        raise ValueError(f"index is on {index.device} but input_ids on {input_ids.device}: call index.to(device)")
+    if index.device != attention_mask.device:
+        raise ValueError(f"index is on {index.device} but the inputs on {attention_mask.device}: call index.to(device)")
 
-    b, levels, device = input_ids.shape[0], vocab.levels, input_ids.device
+    b, levels, device = attention_mask.shape[0], vocab.levels, attention_mask.device
     with _autocast(device, amp_dtype):
-        encoded = model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if encoder_hidden is None:
+            encoded = model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        else:
+            encoded = encoder_hidden
         decoder = CachedT5Decoder(model, encoded, attention_mask, max_len=levels)
         tokens = torch.full((b, 1), model.config.decoder_start_token_id, dtype=torch.long, device=device)
         # Scores in float32, or float64 for a float64 model (never in the autocast dtype).
@@ -108,8 +135,13 @@ def beam_search(
         paths = torch.zeros(b, 1, 0, dtype=torch.long, device=device)  # (b, w, level) codes so far
         for level, (size, offset) in enumerate(zip(vocab.level_sizes, vocab.offsets)):
             logits = decoder.step(tokens, level)  # (b, w, vocab)
-            log_probs = F.log_softmax(logits.to(score_dtype), dim=-1)[..., offset : offset + size]  # (b, w, k)
             child = index.children(level, nodes)  # (b, w, k), -1 = prefix not in the catalogue
+            if normalize == "vocab":
+                log_probs = F.log_softmax(logits.to(score_dtype), dim=-1)[..., offset : offset + size]  # (b, w, k)
+            else:
+                level_logits = logits[..., offset : offset + size].to(score_dtype).masked_fill(child < 0, float("-inf"))
+                # A parked beam's node 0 always has children, so no row is all -inf (no NaN).
+                log_probs = F.log_softmax(level_logits, dim=-1)
             candidates = (scores[..., None] + log_probs).masked_fill(child < 0, float("-inf"))
             last = level == levels - 1
             # Shapes are static, so this min never syncs with the device; with a tiny first level fewer than

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -18,21 +19,62 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from genrec.data import Samples, load_dataset, leave_one_out
 from genrec.seq2seq.vocab import PAD_ID, CodeVocab
+from genrec.tokenizer.features import FeatureSource
 
 log = logging.getLogger(__name__)
 
 
-def item_token_table(vocab: CodeVocab, item_codes: torch.Tensor) -> torch.Tensor:
-    """Tokens of every item's semantic ID, plus a padding row so that item index -1 maps to pad tokens.
+@dataclass
+class Modality:
+    """A semantic-ID artifact read by the encoder as one more modality of every history item (MSCGRec)."""
+
+    tokenizer: str
+    """Artifact folder, e.g. ``tokenizers/beauty-rqkmeans``."""
+    tokenizer_config: str | None = None
+    """YAML config that fits ``tokenizer`` when it does not exist yet."""
+
+
+def _load_artifact(tokenizer: str, tokenizer_config: str | None, n_items: int, dataset: str):
+    """Loads a tokenizer artifact, fitting it first with ``tokenizer_config`` when missing."""
+    from genrec.tokenizer.artifact import load_tokenizer
+
+    if not Path(tokenizer).exists():
+        if tokenizer_config is None:
+            raise FileNotFoundError(f"tokenizer artifact {tokenizer!r} does not exist and no tokenizer_config builds it")
+        log.info("tokenizer %s is missing: fitting it with %s", tokenizer, tokenizer_config)
+        from genrec.cli import main
+
+        main(["fit", "--config", tokenizer_config])
+        if not Path(tokenizer).exists():
+            raise FileNotFoundError(f"{tokenizer_config} ran but did not write {tokenizer!r}: check its output_dir")
+    ids = load_tokenizer(tokenizer)
+    if ids.n_items != n_items:
+        raise ValueError(
+            f"tokenizer {tokenizer} has {ids.n_items} items but dataset {dataset!r} has {n_items}: it was fitted on "
+            "another dataset"
+        )
+    return ids
+
+
+def item_token_table(
+    vocab: CodeVocab, item_codes: torch.Tensor, input_codes: tuple[torch.Tensor, ...] | list[torch.Tensor] = ()
+) -> torch.Tensor:
+    """Encoder tokens of every item, plus a padding row so that item index -1 maps to pad tokens.
 
     Args:
         vocab: the token vocabulary.
-        item_codes: (n_items, l) int64 semantic IDs.
+        item_codes: (n_items, l) int64 semantic IDs (the ones the decoder generates).
+        input_codes: per input-only modality of ``vocab``, (n_items, l_m) int64 codes, appended after the ID.
 
     Returns:
-        (n_items + 1, l) int64; row ``n_items`` (index -1) is all pad.
+        (n_items + 1, vocab.tokens_per_item) int64; row ``n_items`` (index -1) is all pad.
     """
-    table = vocab.encode(item_codes)
+    if len(input_codes) != len(vocab.input_level_sizes):
+        raise ValueError(f"vocab has {len(vocab.input_level_sizes)} input modalities, got codes for {len(input_codes)}")
+    table = torch.cat(
+        [vocab.encode(item_codes)] + [vocab.encode_input(m, c.to(item_codes.device)) for m, c in enumerate(input_codes)],
+        dim=1,
+    )
     return torch.cat([table, torch.full((1, table.shape[1]), PAD_ID, dtype=table.dtype, device=table.device)])
 
 
@@ -144,8 +186,12 @@ class SemanticIdData(pl.LightningDataModule):
 
     Args:
         dataset: bundled name or path.
-        tokenizer: artifact folder, e.g. ``tokenizers/beauty-rqkmeans``.
+        tokenizer: artifact folder, e.g. ``tokenizers/beauty-rqkmeans``: the IDs the model generates.
         tokenizer_config: YAML config that fits ``tokenizer`` when it does not exist yet.
+        input_modalities: more semantic-ID artifacts whose codes follow each history item's ID in the encoder
+            input (MSCGRec: text and image codes beside the collaborative ID); never decoded.
+        content_sources: item features (e.g. text embeddings) offered to models that read item content
+            (ColaRec); exposed as ``item_content`` and ``content_dim``.
         max_len: history length in items.
         user_buckets: hashed user-id tokens prepended to the history (0: none; TIGER used 2000).
         batch_size: training batch size.
@@ -159,6 +205,8 @@ class SemanticIdData(pl.LightningDataModule):
         dataset: str = "amazon-beauty",
         tokenizer: str = "tokenizers/beauty-rqkmeans",
         tokenizer_config: str | None = None,
+        input_modalities: list[Modality] | None = None,
+        content_sources: list[FeatureSource] | None = None,
         max_len: int = 20,
         user_buckets: int = 0,
         batch_size: int = 256,
@@ -167,25 +215,20 @@ class SemanticIdData(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        from genrec.tokenizer.artifact import load_tokenizer
-
-        if not Path(tokenizer).exists():
-            if tokenizer_config is None:
-                raise FileNotFoundError(f"tokenizer artifact {tokenizer!r} does not exist and no tokenizer_config builds it")
-            log.info("tokenizer %s is missing: fitting it with %s", tokenizer, tokenizer_config)
-            from genrec.cli import main
-
-            main(["fit", "--config", tokenizer_config])
-            if not Path(tokenizer).exists():
-                raise FileNotFoundError(f"{tokenizer_config} ran but did not write {tokenizer!r}: check its output_dir")
-        self.semantic_ids = load_tokenizer(tokenizer)
         self.dataset = load_dataset(dataset)
-        if self.semantic_ids.n_items != self.dataset.n_items:
-            raise ValueError(
-                f"tokenizer {tokenizer} has {self.semantic_ids.n_items} items but dataset {dataset!r} has "
-                f"{self.dataset.n_items}: it was fitted on another dataset"
-            )
-        self.vocab = CodeVocab(tuple(self.semantic_ids.level_sizes), user_buckets)
+        n_items = self.dataset.n_items
+        self.semantic_ids = _load_artifact(tokenizer, tokenizer_config, n_items, dataset)
+        self.input_ids = [_load_artifact(m.tokenizer, m.tokenizer_config, n_items, dataset) for m in input_modalities or ()]
+        self.vocab = CodeVocab(
+            tuple(self.semantic_ids.level_sizes), user_buckets, tuple(tuple(m.level_sizes) for m in self.input_ids)
+        )
+        self.item_content: torch.Tensor | None = None
+        if content_sources:
+            from genrec.tokenizer.features import load_features
+
+            self.item_content = load_features(dataset, list(content_sources))
+            if self.item_content.shape[0] != n_items:
+                raise ValueError(f"content features have {self.item_content.shape[0]} rows, dataset {n_items} items")
         self.parts: dict[str, TokenBatches] = {}
 
     # Read by the CLI's argument links (see genrec/cli.py): the model's vocabulary derives from the artifact.
@@ -198,25 +241,45 @@ class SemanticIdData(pl.LightningDataModule):
         return self.vocab.n_user_buckets
 
     @property
+    def input_level_sizes(self) -> tuple[tuple[int, ...], ...]:
+        return self.vocab.input_level_sizes
+
+    @property
+    def n_items(self) -> int:
+        return self.dataset.n_items
+
+    @property
+    def max_len(self) -> int:
+        return self.hparams.max_len
+
+    @property
+    def content_dim(self) -> int:
+        return 0 if self.item_content is None else int(self.item_content.shape[1])
+
+    @property
     def item_codes(self) -> torch.Tensor:
         """(n_items, l) int64 semantic ID of every item."""
         return self.semantic_ids.codes
+
+    def token_table(self) -> torch.Tensor:
+        """(n_items + 1, tokens_per_item) encoder tokens of every item (see :func:`item_token_table`)."""
+        return item_token_table(self.vocab, self.item_codes, [m.codes for m in self.input_ids])
 
     def encode_samples(self, samples: Samples) -> dict[str, torch.Tensor]:
         """Tokenises a split part.
 
         Returns:
-            ``input_ids`` (n, [1 +] max_len * l) int64 left-padded with pad, ``attention_mask`` (same shape) int64,
-            ``labels`` (n, l) target tokens, ``target`` (n,) target item, ``users`` (n,) user index, ``history``
-            (n, max_len) item indices (-1 padded), kept for reports.
+            ``input_ids`` (n, [1 +] max_len * tokens_per_item) int64 left-padded with pad, ``attention_mask`` (same
+            shape) int64, ``labels`` (n, l) target tokens, ``target`` (n,) target item, ``users`` (n,) user index,
+            ``history`` (n, max_len) item indices (-1 padded).
         """
-        table = item_token_table(self.vocab, self.item_codes)
+        table = self.token_table()
         history = torch.from_numpy(samples.history)
         users = torch.from_numpy(samples.users)
         target = torch.from_numpy(samples.target)
         return {
             **encode_histories(history, table=table, vocab=self.vocab, users=users),
-            "labels": table[target],
+            "labels": table[target, : self.vocab.levels],
             "target": target,
             "users": users,
             "history": history,

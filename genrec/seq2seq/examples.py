@@ -20,7 +20,7 @@ def print_examples(model, datamodule, *, count: int = 3, part: str = "test", sho
     samples = datamodule.parts[part]
     batch = samples[list(range(min(count, len(samples))))]
     model.eval()
-    out = model.recommend(batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device), top_k=shown)
+    out = model.recommend_batch({k: v.to(model.device) for k, v in batch.items()}, top_k=shown)
     for row in range(len(batch["target"])):
         history = [i for i in batch["history"][row].tolist() if i >= 0]
         print(f"\nuser {dataset.user_ids[int(batch['users'][row])]}: last items")

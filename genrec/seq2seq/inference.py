@@ -25,8 +25,8 @@ import torch
 from genrec.data import SequenceDataset, load_dataset
 from genrec.data.embeddings import item_texts
 from genrec.data.split import PAD_ITEM
-from genrec.decoding import BeamSearchOutput, beam_search
-from genrec.seq2seq.data import encode_histories, item_token_table
+from genrec.decoding import BeamSearchOutput
+from genrec.seq2seq.data import encode_histories
 from genrec.seq2seq.module import GenerativeRecommender
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ class Recommender:
         self.max_len = max_len
         self.items = IdLookup(dataset.item_ids)
         self.users = IdLookup(dataset.user_ids)
-        self.table = item_token_table(model.vocab, model.item_codes).to(model.device)  # (n_items + 1, l)
+        self.table = model.token_table()  # (n_items + 1, tokens per item)
         self.titles: list[str] | None = None
         if dataset.items is not None:
             titles = item_texts(dataset, "{title}")[0]
@@ -127,7 +127,17 @@ class Recommender:
         # Only the hyperparameters are read here; mmap leaves the weights on disk until the real load below.
         saved = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False)
         data_hparams = dict(saved.get("datamodule_hyper_parameters") or {})
+        # LightningCLI records the model's class; the systems built on GenerativeRecommender load as themselves.
+        class_path = (saved.get("hyper_parameters") or {}).get("_class_path")
         del saved
+        model_class = GenerativeRecommender
+        if class_path:
+            import importlib
+
+            module_name, _, name = class_path.rpartition(".")
+            model_class = getattr(importlib.import_module(module_name), name)
+            if not (isinstance(model_class, type) and issubclass(model_class, GenerativeRecommender)):
+                raise ValueError(f"{checkpoint} holds a {class_path}, not a semantic-ID GenerativeRecommender")
         dataset = dataset or data_hparams.get("dataset")
         max_len = max_len or data_hparams.get("max_len")
         if dataset is None or max_len is None:
@@ -139,7 +149,7 @@ class Recommender:
             data = load_dataset(dataset)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{e} (the dataset recorded in {checkpoint}; pass --dataset to override)") from None
-        model = GenerativeRecommender.load_from_checkpoint(checkpoint, map_location=device)
+        model = model_class.load_from_checkpoint(checkpoint, map_location=device)
         return cls(model, data, int(max_len))
 
     @property
@@ -219,22 +229,13 @@ class Recommender:
             recent = request.history[-self.max_len :]
             history[row, self.max_len - len(recent) :] = recent
         users = torch.tensor([r.user_index for r in requests], dtype=torch.long, device=self.device)
-        return encode_histories(
-            torch.from_numpy(history).to(self.device), table=self.table, vocab=self.model.vocab, users=users
-        )
+        history = torch.from_numpy(history).to(self.device)
+        tokens = encode_histories(history, table=self.table, vocab=self.model.vocab, users=users)
+        return {**tokens, "history": history, "users": users}
 
     def recommend(self, requests: list[Request], *, top_k: int, beam_width: int) -> BeamSearchOutput:
         """Beam search for a batch of requests (one model call, no loop over users)."""
-        inputs = self.encode(requests)
-        return beam_search(
-            self.model.model,
-            inputs["input_ids"],
-            inputs["attention_mask"],
-            self.model.index,
-            self.model.vocab,
-            beam_width=beam_width,
-            top_k=top_k,
-        )
+        return self.model.recommend_batch(self.encode(requests), top_k=top_k, beam_width=beam_width)
 
     def answer(self, requests: list[Request], out: BeamSearchOutput) -> list[Line]:
         """Output lines for ``requests`` from their beam search output (dataset ids, best first)."""

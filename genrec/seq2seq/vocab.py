@@ -6,6 +6,8 @@ Layout (TIGER §3.2: every code level has its own token range)::
     1                      eos
     2 .. 2+sum(sizes)      code tokens, level by level: token = offsets[l] + code
     then                   optional hashed user buckets
+    then                   optional input-only code levels: the semantic IDs of other modalities that the encoder
+                           reads but the decoder never emits (MSCGRec), modality by modality, level by level
 """
 
 from __future__ import annotations
@@ -26,16 +28,23 @@ class CodeVocab:
     Attributes:
         level_sizes: number of codes on each level (the last may be the collision level).
         n_user_buckets: number of hashed user-id tokens (0 disables them).
+        input_level_sizes: per extra input modality, the number of codes on each of its levels (empty: none).
     """
 
     level_sizes: tuple[int, ...]
     n_user_buckets: int = 0
+    input_level_sizes: tuple[tuple[int, ...], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.level_sizes or any(s < 1 for s in self.level_sizes):
             raise ValueError(f"level_sizes must be positive, got {self.level_sizes}")
         if self.n_user_buckets < 0:
             raise ValueError(f"n_user_buckets must be >= 0, got {self.n_user_buckets}")
+        # Frozen: normalise lists from configs to tuples through object.__setattr__.
+        object.__setattr__(self, "input_level_sizes", tuple(tuple(int(s) for s in m) for m in self.input_level_sizes))
+        for m, sizes in enumerate(self.input_level_sizes):
+            if not sizes or any(s < 1 for s in sizes):
+                raise ValueError(f"input modality {m}: level sizes must be positive, got {sizes}")
 
     @property
     def levels(self) -> int:
@@ -55,9 +64,34 @@ class CodeVocab:
         return N_SPECIAL + sum(self.level_sizes)
 
     @property
+    def input_offsets(self) -> tuple[tuple[int, ...], ...]:
+        """First token id of each level of each input-only modality."""
+        out, start = [], self.user_offset + self.n_user_buckets
+        for sizes in self.input_level_sizes:
+            levels = []
+            for size in sizes:
+                levels.append(start)
+                start += size
+            out.append(tuple(levels))
+        return tuple(out)
+
+    @property
     def size(self) -> int:
         """Total vocabulary size (the model's embedding rows)."""
-        return self.user_offset + self.n_user_buckets
+        return self.user_offset + self.n_user_buckets + sum(sum(m) for m in self.input_level_sizes)
+
+    @property
+    def tokens_per_item(self) -> int:
+        """Encoder tokens of one history item: its semantic ID, then the codes of every input-only modality."""
+        return self.levels + sum(len(m) for m in self.input_level_sizes)
+
+    def encode_input(self, modality: int, codes: torch.Tensor) -> torch.Tensor:
+        """Tokens of input-only modality ``modality``: (..., l_m) codes -> (..., l_m) token ids."""
+        sizes = self.input_level_sizes[modality]
+        if codes.shape[-1] != len(sizes):
+            raise ValueError(f"input modality {modality} has {len(sizes)} levels, got codes with {codes.shape[-1]}")
+        offsets = torch.tensor(self.input_offsets[modality], dtype=torch.long, device=codes.device)
+        return codes.long() + offsets
 
     def encode(self, codes: torch.Tensor) -> torch.Tensor:
         """Turns codes into tokens.

@@ -1,0 +1,100 @@
+"""Trains and tests the generative systems side by side, one after another in one run, and records them.
+
+Each config runs as ``python train.py fit --config <config>`` in its own process (the same command a user types),
+on the same split, metrics and beam search; their run records are copied to ``benchmarks/records/`` under
+``<date>-<name>.json`` and drawn as one bar chart of Recall@10 / NDCG@10.
+
+    python benchmarks/systems.py                       # TIGER, MMGRec, ColaRec, MSCGRec, CPU-sized, on Beauty
+    python benchmarks/systems.py --configs configs/mmgrec/beauty.yaml configs/tiger/beauty.yaml   # GPU sizes
+
+The CPU-sized configs need SASRec's item embeddings first (ColaRec and MSCGRec IDs come from them):
+``python train.py fit --config configs/sasrec/beauty.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = (
+    "configs/tiger/beauty-cpu.yaml",
+    "configs/mmgrec/beauty-cpu.yaml",
+    "configs/colarec/beauty-cpu.yaml",
+    "configs/mscgrec/beauty-cpu.yaml",
+)
+
+
+def run(config: str, extra: list[str], records: Path) -> dict:
+    """Runs one config to the end of its test; returns its run record (with the wall time added)."""
+    before = set(records.glob("*.json"))
+    cmd = [sys.executable, "train.py", "fit", "--config", config, "--trainer.enable_progress_bar=false",
+           "--examples=0", *extra]
+    print(f"\n=== {' '.join(cmd[1:])}", flush=True)
+    start = time.perf_counter()
+    result = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "GENREC_RECORDS": str(records)})
+    wall = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"{config} failed with exit code {result.returncode}")
+    new = sorted(set(records.glob("*.json")) - before)
+    if len(new) != 1:
+        raise SystemExit(f"{config} wrote {len(new)} run records, expected 1 (did it test after fit?)")
+    record = json.loads(new[0].read_text())
+    record["wall_seconds"] = round(wall, 1)
+    return record
+
+
+def plot(records: list[dict], names: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.6 * len(records) + 2, 3.6))
+    width = 0.38
+    for j, metric in enumerate(("recall@10", "ndcg@10")):
+        values = [r["metrics"][metric] for r in records]
+        bars = ax.bar([i + (j - 0.5) * width for i in range(len(records))], values, width, label=metric)
+        ax.bar_label(bars, labels=[f"{v:.4f}" for v in values], fontsize=7)
+    ax.set_xticks(range(len(records)), names, fontsize=8)
+    ax.set_ylabel("test metric (all users)")
+    ax.set_title(f"{records[0]['dataset']}, {records[0]['device']}, commit {records[0]['commit']}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"plot: {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", default=list(DEFAULT), help="experiment configs to run in order")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "records"), help="where the records go")
+    parser.add_argument("--tag", default="", help="suffix of the record names, e.g. -8epochs")
+    parser.add_argument("extra", nargs=argparse.REMAINDER, help="after --: overrides passed to every run")
+    args = parser.parse_args(argv)
+    extra = [a for a in args.extra if a != "--"]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        records = [run(config, extra, Path(tmp)) for config in args.configs]
+    names = []
+    for config, record in zip(args.configs, records):
+        name = f"{date.today().isoformat().replace('-', '')}-{Path(config).parent.name}-{Path(config).stem}{args.tag}"
+        (out / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+        names.append(f"{record['model']}\n{Path(config).stem}")
+        m = record["metrics"]
+        print(f"{record['model']:8s} {config:36s} R@10 {m['recall@10']:.4f}  N@10 {m['ndcg@10']:.4f}  "
+              f"train {record['train_seconds']:.0f} s  wall {record['wall_seconds']:.0f} s")
+    plot(records, names, out / f"{date.today().isoformat().replace('-', '')}-systems{args.tag}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,146 @@
+"""ColaRec: content-based user input, collaborative generative IDs, and the losses that align the two.
+
+Wang et al., "Content-Based Collaborative Generation for Recommender Systems" (CIKM 2024):
+
+* item IDs come from a collaborative model (SASRec item embeddings here) by size-constrained hierarchical k-means,
+  the last code being the item's index in its leaf (``genrec.tokenizer.constrained_kmeans``);
+* the encoder reads a user's history as its items' *content* (a projection of the item's text embedding) added to
+  the embeddings of the item's ID tokens, one position per item;
+* an item-indexing task maps an item's content alone to its ID, so content space and ID space line up;
+* a contrastive loss pulls together the representations of items whose IDs share a prefix, and a BPR loss ranks
+  the next item above a random one by the dot product of pooled encoder states;
+* total loss ``generation_weight * (recommendation + indexing) + bpr_weight * BPR + contrastive_weight * CL``
+  (paper: 0.08, 1, 0.1).
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import reduce
+from torch import nn
+
+from genrec.seq2seq.losses import bpr_loss, prefix_contrastive_loss
+from genrec.seq2seq.module import GenerativeRecommender
+
+
+class ContentRecommender(GenerativeRecommender):
+    """ColaRec on the shared T5 frame (see the module docstring).
+
+    Args:
+        content_dim: width of the item content features; None to take it from the datamodule's ``item_content`` at
+            setup (it is then saved with the hyperparameters, so checkpoints rebuild the same model).
+        generation_weight: weight of the two generation losses (recommendation and item indexing).
+        bpr_weight: weight of the BPR loss on pooled encoder states.
+        contrastive_weight: weight of the shared-prefix contrastive loss.
+        temperature: contrastive softmax temperature.
+        prefix_len: codes two IDs must share to be contrastive positives.
+        **kwargs: :class:`GenerativeRecommender` arguments; ``n_items`` (linked) sizes the content table.
+    """
+
+    def __init__(
+        self,
+        *,
+        content_dim: int | None = None,
+        generation_weight: float = 0.08,
+        bpr_weight: float = 1.0,
+        contrastive_weight: float = 0.1,
+        temperature: float = 0.1,
+        prefix_len: int = 1,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        if self.hparams.n_items is None:
+            raise ValueError("ContentRecommender needs n_items (linked from the datamodule by the CLI)")
+        if min(generation_weight, bpr_weight, contrastive_weight) < 0 or generation_weight == 0:
+            raise ValueError("loss weights must be >= 0, and generation_weight > 0")
+        if not 1 <= prefix_len < self.vocab.levels:
+            raise ValueError(f"prefix_len must be in [1, {self.vocab.levels}), got {prefix_len}")
+        self._table: torch.Tensor | None = None
+        self.content_proj: nn.Linear | None = None
+        if content_dim is not None:
+            self._build(content_dim)
+
+    @property
+    def system_name(self) -> str:
+        return "ColaRec"
+
+    def _build(self, content_dim: int) -> None:
+        if content_dim < 1:
+            raise ValueError(f"content_dim must be >= 1, got {content_dim}")
+        # Stored with the weights: a checkpoint decodes without the feature files.
+        self.register_buffer("item_content", torch.zeros(self.hparams.n_items, content_dim, device=self.device))
+        self.content_proj = nn.Linear(content_dim, self.model.config.d_model, device=self.device)
+        # Unit-variance outputs for unit-norm inputs, the scale of T5's token embeddings.
+        nn.init.normal_(self.content_proj.weight, std=1.0)
+        nn.init.zeros_(self.content_proj.bias)
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        content = getattr(getattr(self.trainer, "datamodule", None), "item_content", None)
+        if content is None:
+            if self.content_proj is None:
+                raise ValueError("ContentRecommender needs item content: set data.init_args.content_sources")
+            return
+        if self.content_proj is None:
+            self.hparams["content_dim"] = int(content.shape[1])
+            self._build(int(content.shape[1]))
+        if content.shape != self.item_content.shape:
+            raise ValueError(f"datamodule content {tuple(content.shape)} != model {tuple(self.item_content.shape)}")
+        self.item_content.copy_(content)
+
+    def set_catalogue(self, item_codes, input_codes=None) -> None:
+        super().set_catalogue(item_codes, input_codes)
+        self._table = None
+
+    def _tokens(self) -> torch.Tensor:
+        if self._table is None or self._table.device != self.device:
+            self._table = self.token_table()
+        return self._table
+
+    def embed_items(self, items: torch.Tensor, *, with_id: bool) -> torch.Tensor:
+        """(...) item indices (-1: none) -> (..., d) content projection, plus the ID's token embeddings."""
+        x = self.content_proj(self.item_content[items.clamp(min=0)])
+        if with_id:
+            x = x + reduce(self.model.shared(self._tokens()[items]), "... l d -> ... d", "sum")
+        return x * (items >= 0)[..., None]
+
+    def encode(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        history = batch["history"]
+        mask = (history >= 0).long()
+        hidden = self.model.encoder(inputs_embeds=self.embed_items(history, with_id=True), attention_mask=mask)
+        return hidden.last_hidden_state, mask
+
+    def encode_items(self, items: torch.Tensor) -> torch.Tensor:
+        """Encoder states (b, 1, d) of items read from their content alone (the item-indexing input)."""
+        x = self.embed_items(items[:, None], with_id=False)
+        return self.model.encoder(inputs_embeds=x, attention_mask=torch.ones_like(items)[:, None]).last_hidden_state
+
+    def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        hp = self.hparams
+        hidden, mask = self.encode(batch)
+        recommendation = self.generation_loss(hidden, mask, batch["labels"])
+        target = batch["target"]
+        negative = torch.randint(0, hp.n_items, target.shape, device=target.device)
+        items = torch.cat([target, negative])
+        item_hidden = self.encode_items(items)
+        indexing = self.generation_loss(item_hidden, torch.ones_like(items)[:, None], self._tokens()[items, : self.vocab.levels])
+        user_rep = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)  # (b, d) mean over the history
+        item_rep = item_hidden[:, 0]
+        scale = hidden.shape[-1] ** -0.5
+        pos, neg = (user_rep * item_rep[: len(target)]).sum(-1), (user_rep * item_rep[len(target) :]).sum(-1)
+        bpr = bpr_loss(pos * scale, neg * scale)
+        contrastive = prefix_contrastive_loss(
+            item_rep, self.item_codes_on_device()[items], prefix_len=hp.prefix_len, temperature=hp.temperature
+        )
+        loss = hp.generation_weight * (recommendation + indexing) + hp.bpr_weight * bpr + hp.contrastive_weight * contrastive
+        return {
+            "loss": loss,
+            "recommendation": recommendation,
+            "indexing": indexing,
+            "bpr": bpr,
+            "contrastive": contrastive,
+        }
+
+    def item_codes_on_device(self) -> torch.Tensor:
+        """(n_items, l) semantic IDs on the model's device."""
+        return self.vocab.decode(self._tokens()[:-1, : self.vocab.levels])
