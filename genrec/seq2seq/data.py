@@ -17,7 +17,7 @@ import torch
 from einops import rearrange
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from genrec.data import Samples, load_dataset, leave_one_out
+from genrec.data import Samples, leave_one_out, load_dataset
 from genrec.seq2seq.vocab import PAD_ID, CodeVocab
 from genrec.tokenizer.features import FeatureSource
 

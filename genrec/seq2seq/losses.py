@@ -27,13 +27,14 @@ def valid_code_mask(index: PrefixIndex, codes: torch.Tensor) -> list[torch.Tenso
         some catalogue item.
     """
     nodes = torch.zeros(codes.shape[0], dtype=torch.long, device=codes.device)
+    invalid = torch.zeros(codes.shape[0], dtype=torch.bool, device=codes.device)
     masks = []
     for level in range(index.levels):
         child = index.children(level, nodes)  # (b, k)
         masks.append(child >= 0)
         nodes = child.gather(1, codes[:, level : level + 1])[:, 0]
         # An invalid target leaves node -1; park it on node 0 and report once after the loop (one host sync).
-        invalid = nodes < 0 if level == 0 else invalid | (nodes < 0)
+        invalid |= nodes < 0
         nodes = nodes.clamp(min=0)
     if bool(invalid.any()):
         row = int(invalid.nonzero()[0])
