@@ -58,7 +58,7 @@ def test_relation_aware_encoder_is_permutation_invariant_over_the_history(users)
     model = GenerativeRecommender(
         level_sizes=(4, 4, 1), n_user_buckets=4 if users else 0, arch=TINY, encoder="relation_aware"
     ).eval()
-    history, inputs = _history_batch(model.vocab, codes, users=users)
+    _, inputs = _history_batch(model.vocab, codes, users=users)
     perm = torch.tensor([3, 0, 4, 1, 2])
     permuted = permute_items(inputs["input_ids"], perm, model.vocab)
     assert not torch.equal(permuted, inputs["input_ids"])
@@ -192,7 +192,7 @@ def test_multimodal_inputs_and_modality_masking(tmp_path):
     model = MultimodalRecommender(level_sizes=dm.level_sizes, input_level_sizes=dm.input_level_sizes, max_len=3,
                                   arch=TINY, modality_dropout=0.5)
     batch = dm.parts["train"][list(range(len(dm.parts["train"])))]
-    slot, code, user = token_roles(batch["input_ids"], model.vocab)
+    slot, code, _ = token_roles(batch["input_ids"], model.vocab)
     kept = model.modality_mask(slot, code)
     real = batch["attention_mask"].bool()
     per_item = (kept & real).view(len(kept), -1, 6)
@@ -271,7 +271,7 @@ def test_mscgrec_learns_the_walk_and_reloads_for_inference(tmp_path):
                           "--trainer.check_val_every_n_epoch=10", "--test_after_fit=true", "--examples=1")])
     assert cli.model.system_name == "MSCGRec"
     _learns(cli)
-    ckpt = sorted((tmp_path / "run").rglob("*.ckpt"))[-1]
+    ckpt = next((tmp_path / "run").rglob("last.ckpt"))
     rec = Recommender.load(ckpt)
     assert isinstance(rec.model, MultimodalRecommender)
     out = rec.recommend(list(rec.dataset_requests(holdout=1))[:5], top_k=10, beam_width=20)
@@ -289,7 +289,7 @@ def test_colarec_learns_the_walk_and_reloads_for_inference(tmp_path):
                           "--trainer.check_val_every_n_epoch=10", "--test_after_fit=true", "--examples=1")])
     assert cli.model.system_name == "ColaRec" and cli.model.hparams.content_dim == 32
     _learns(cli)
-    ckpt = sorted((tmp_path / "run").rglob("*.ckpt"))[-1]
+    ckpt = next((tmp_path / "run").rglob("last.ckpt"))
     rec = Recommender.load(ckpt)
     assert isinstance(rec.model, ContentRecommender)
     torch.testing.assert_close(rec.model.item_content, cli.model.item_content.cpu())  # content travels with it
