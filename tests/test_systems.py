@@ -271,7 +271,7 @@ def test_mscgrec_learns_the_walk_and_reloads_for_inference(tmp_path):
                           "--trainer.check_val_every_n_epoch=10", "--test_after_fit=true", "--examples=1")])
     assert cli.model.system_name == "MSCGRec"
     _learns(cli)
-    ckpt = next((tmp_path / "run").rglob("last.ckpt"))
+    ckpt = next((tmp_path / "run").rglob("*.ckpt"))  # the default callback keeps one checkpoint
     rec = Recommender.load(ckpt)
     assert isinstance(rec.model, MultimodalRecommender)
     out = rec.recommend(list(rec.dataset_requests(holdout=1))[:5], top_k=10, beam_width=20)
@@ -289,7 +289,7 @@ def test_colarec_learns_the_walk_and_reloads_for_inference(tmp_path):
                           "--trainer.check_val_every_n_epoch=10", "--test_after_fit=true", "--examples=1")])
     assert cli.model.system_name == "ColaRec" and cli.model.hparams.content_dim == 32
     _learns(cli)
-    ckpt = next((tmp_path / "run").rglob("last.ckpt"))
+    ckpt = next((tmp_path / "run").rglob("*.ckpt"))  # the default callback keeps one checkpoint
     rec = Recommender.load(ckpt)
     assert isinstance(rec.model, ContentRecommender)
     torch.testing.assert_close(rec.model.item_content, cli.model.item_content.cpu())  # content travels with it
