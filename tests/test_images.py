@@ -270,3 +270,30 @@ def test_tokenizer_config_accepts_image_source(clip_encoder, image_dataset, tmp_
     (source,) = cli.datamodule.sources
     assert source == im.ImageEmbeddings(encoder=clip_encoder, image_dir=str(folder), pattern="{item_id}.png",
                                         missing="zeros", weight=0.5)
+
+
+def test_image_codes_are_an_mscgrec_input_modality(clip_encoder, tmp_path):
+    """Images -> ImageEmbeddings -> residual k-means artifact -> a third MSCGRec input modality, end to end."""
+    from genrec.cli import main as cli_main
+    from tests.test_seq2seq import N_ITEMS, cli_args, synthetic
+
+    dataset, tokenizer = synthetic(tmp_path, users=40)
+    folder = tmp_path / "walk-images"
+    folder.mkdir()
+    for i in range(N_ITEMS):  # item ids are 1..27 in the walk dataset; a colour per item
+        Image.new("RGB", (24, 24), (9 * i, 255 - 9 * i, (37 * i) % 256)).save(folder / f"{i + 1}.png")
+    source = {"class_path": "genrec.data.images.ImageEmbeddings",
+              "init_args": {"encoder": clip_encoder, "image_dir": str(folder), "pattern": "{item_id}.png",
+                            "cache_dir": str(tmp_path / "cache")}}
+    image_ids = tmp_path / "walk-image-ids"
+    cli_main(["fit", "--model=genrec.tokenizer.lightning.RQKMeansTokenizer", f"--model.output_dir={image_ids}",
+              "--model.levels=2", "--model.codebook_size=4", "--data=genrec.tokenizer.datamodule.ItemFeatures",
+              f"--data.dataset={dataset}", "--data.batch_size=null", f"--data.sources={json.dumps([source])}",
+              "--trainer.max_epochs=1", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
+              "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu", f"--trainer.default_root_dir={tmp_path}"])
+    cli = cli_main(["fit", *cli_args(dataset, tokenizer, tmp_path / "run",
+                                     "--model=genrec.seq2seq.mscgrec.MultimodalRecommender",
+                                     f"--data.input_modalities={json.dumps([{'tokenizer': str(image_ids)}])}",
+                                     "--trainer.max_steps=5", "--test_after_fit=true", "--examples=0")])
+    assert len(cli.model.vocab.input_level_sizes) == 1 and cli.model.vocab.input_level_sizes[0][:2] == (4, 4)
+    assert cli.trainer.callback_metrics["test/invalid"] == 0
