@@ -115,13 +115,18 @@ def describe_features(datamodule: Any) -> tuple[str, str]:
         features += " | input: " + ", ".join(inputs)
     content = (getattr(datamodule, "hparams", None) or {}).get("content_sources") or []
     if content:
-        features += " | content: " + "+".join(FEATURE_NAMES.get(type(c).__name__, type(c).__name__) for c in content)
+        # Sources arrive as objects, or from the CLI as {"class_path": ..., "init_args": ...} dicts.
+        kinds = [str(c.get("class_path", "?")).rpartition(".")[2] if isinstance(c, Mapping) else type(c).__name__
+                 for c in content]
+        features += " | content: " + "+".join(FEATURE_NAMES.get(kind, kind) for kind in kinds)
     hparams = config.get("hparams") or {}
     tokenizer = config.get("method", "?")
     if hparams.get("levels") and hparams.get("codebook_size"):
         tokenizer += f" {hparams['levels']}x{hparams['codebook_size']}"
     if config.get("collision"):
         tokenizer += f" + {config['collision']}"
+        if config.get("collision_order") == "popularity":
+            tokenizer += " by popularity"
     return features, f"{tokenizer} ({semantic_ids.path})"
 
 

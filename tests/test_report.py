@@ -105,7 +105,7 @@ def test_readme_markers(tmp_path):
 
 def test_committed_records_load():
     records = load_records([ROOT / "benchmarks" / "records"])
-    assert {r["model"] for r in records} == {"TIGER", "SASRec"}
+    assert {r["model"] for r in records} >= {"TIGER", "SASRec", "MMGRec", "ColaRec", "MSCGRec"}
 
 
 def test_cli_test_after_fit_writes_a_loadable_record(tmp_path, monkeypatch):
@@ -121,3 +121,26 @@ def test_cli_test_after_fit_writes_a_loadable_record(tmp_path, monkeypatch):
     assert loaded["features"] == "unknown"  # the synthetic artifact's config names no feature sources
     assert loaded["train_seconds"] > 0 and loaded["device"].startswith("cpu")
     assert loaded["config"] == str(config) and 0 <= loaded["metrics"]["recall@20"] <= 1
+
+
+def test_features_and_tokenizer_labels_of_the_seed_systems():
+    from types import SimpleNamespace
+
+    from genrec.report import describe_features
+    from genrec.tokenizer.features import NpyFeatures
+
+    def artifact(sources, **config):
+        return SimpleNamespace(config={"method": "rq-vae", "hparams": {"levels": 3, "codebook_size": 128},
+                                       "data": {"sources": sources}, **config}, path="tokenizers/x")
+
+    graph = [{"type": "GraphFeatures", "sources": [{"type": "TextEmbeddings"}]}]
+    mmgrec = SimpleNamespace(semantic_ids=artifact(graph, collision="extra_code", collision_order="popularity"))
+    assert describe_features(mmgrec) == ("graph(text)", "rq-vae 3x128 + extra_code by popularity (tokenizers/x)")
+    sasrec = [{"type": "NpyFeatures", "path": "runs/sasrec-beauty/item_embeddings.npy"}]
+    mscgrec = SimpleNamespace(semantic_ids=artifact(sasrec), input_ids=[artifact([{"type": "TextEmbeddings"}])])
+    assert describe_features(mscgrec)[0] == "sasrec | input: text"
+    # ColaRec's content sources, as the CLI passes them (dicts) and as objects.
+    cli_source = {"class_path": "genrec.tokenizer.features.TextEmbeddings", "init_args": {}}
+    for content in ([cli_source], [NpyFeatures(path="x.npy")]):
+        colarec = SimpleNamespace(semantic_ids=artifact(sasrec), hparams={"content_sources": content})
+        assert describe_features(colarec)[0] == "sasrec | content: " + ("text" if content[0] is cli_source else "NpyFeatures")
