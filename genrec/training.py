@@ -1,10 +1,12 @@
-"""Pieces every genrec LightningModule shares: the optimiser schedule and the leave-one-out evaluator."""
+"""Pieces every genrec LightningModule shares: the optimiser schedule, the BPR loss and the leave-one-out
+evaluator."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
 
@@ -35,6 +37,11 @@ def adamw_warmup_cosine(
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def bpr_loss(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """Mean ``-log sigmoid(positive - negative)`` over matching score tensors (Rendle et al., UAI 2009)."""
+    return -F.logsigmoid(positive - negative).mean()
 
 
 class RankingEvaluator(nn.Module):

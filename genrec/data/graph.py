@@ -34,6 +34,7 @@ from genrec.data.embeddings import cache_root
 from genrec.data.split import training_interactions
 from genrec.tokenizer.artifact import feature_fingerprint
 from genrec.tokenizer.features import FeatureSource, Normalization, check_finite, load_features
+from genrec.training import bpr_loss
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ class GraphSAGE(nn.Module):
         return F.normalize(users, dim=1), F.normalize(items, dim=1)
 
 
-def bpr_loss(users: Tensor, positives: Tensor, negatives: Tensor, temperature: float) -> Tensor:
+def cosine_bpr_loss(users: Tensor, positives: Tensor, negatives: Tensor, temperature: float) -> Tensor:
     """BPR (Rendle et al., 2009) on cosine scores: mean of -log sigmoid((s(u, i) - s(u, j)) / temperature).
 
     Args:
@@ -184,7 +185,7 @@ def bpr_loss(users: Tensor, positives: Tensor, negatives: Tensor, temperature: f
         temperature: divides the score difference (cosines lie in [-1, 1]).
     """
     margin = (users * positives).sum(1) - (users * negatives).sum(1)
-    return -F.logsigmoid(margin / temperature).mean()
+    return bpr_loss(margin / temperature, torch.zeros_like(margin))
 
 
 class GraphTraining(NamedTuple):
@@ -266,7 +267,7 @@ def train_graph_encoder(
             for begin in range(0, graph.n_edges, batch_size):
                 batch = order[begin : begin + batch_size]
                 users, items = model(features, user_mean, item_mean)
-                loss = bpr_loss(
+                loss = cosine_bpr_loss(
                     users[graph.users[batch]], items[graph.items[batch]], items[negatives[batch]], temperature
                 )
                 optimizer.zero_grad(set_to_none=True)

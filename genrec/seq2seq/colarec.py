@@ -19,8 +19,9 @@ import torch
 from einops import reduce
 from torch import nn
 
-from genrec.seq2seq.losses import bpr_loss, prefix_contrastive_loss
+from genrec.seq2seq.losses import prefix_contrastive_loss
 from genrec.seq2seq.module import GenerativeRecommender
+from genrec.training import bpr_loss
 
 
 class ContentRecommender(GenerativeRecommender):
@@ -123,14 +124,15 @@ class ContentRecommender(GenerativeRecommender):
         negative = torch.randint(0, hp.n_items, target.shape, device=target.device)
         items = torch.cat([target, negative])
         item_hidden = self.encode_items(items)
-        indexing = self.generation_loss(item_hidden, torch.ones_like(items)[:, None], self._tokens()[items, : self.vocab.levels])
+        item_labels = self._tokens()[items, : self.vocab.levels]
+        indexing = self.generation_loss(item_hidden, torch.ones_like(items)[:, None], item_labels)
         user_rep = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)  # (b, d) mean over the history
         item_rep = item_hidden[:, 0]
         scale = hidden.shape[-1] ** -0.5
         pos, neg = (user_rep * item_rep[: len(target)]).sum(-1), (user_rep * item_rep[len(target) :]).sum(-1)
         bpr = bpr_loss(pos * scale, neg * scale)
         contrastive = prefix_contrastive_loss(
-            item_rep, self.item_codes_on_device()[items], prefix_len=hp.prefix_len, temperature=hp.temperature
+            item_rep, self.vocab.decode(item_labels), prefix_len=hp.prefix_len, temperature=hp.temperature
         )
         loss = hp.generation_weight * (recommendation + indexing) + hp.bpr_weight * bpr + hp.contrastive_weight * contrastive
         return {
@@ -140,7 +142,3 @@ class ContentRecommender(GenerativeRecommender):
             "bpr": bpr,
             "contrastive": contrastive,
         }
-
-    def item_codes_on_device(self) -> torch.Tensor:
-        """(n_items, l) semantic IDs on the model's device."""
-        return self.vocab.decode(self._tokens()[:-1, : self.vocab.levels])

@@ -2,7 +2,6 @@
 
 - :func:`constrained_cross_entropy`: MSCGRec's constrained sequence learning, the softmax of each step normalised
   over the codes that extend the target's prefix to a real item (read off the decoding prefix index);
-- :func:`bpr_loss`: Bayesian personalised ranking on scores (ColaRec, and the MMGRec graph encoder);
 - :func:`prefix_contrastive_loss`: pulls together items that share a semantic-ID prefix (ColaRec).
 """
 
@@ -69,11 +68,6 @@ def constrained_cross_entropy(
         losses.append(F.cross_entropy(level_logits, codes[:, level], reduction="none"))
     out = torch.stack(losses, dim=1)
     return out.mean() if reduction == "mean" else out
-
-
-def bpr_loss(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
-    """Mean ``-log sigmoid(positive - negative)`` over matching score tensors (Rendle et al., UAI 2009)."""
-    return -F.logsigmoid(positive - negative).mean()
 
 
 def prefix_contrastive_loss(

@@ -1,6 +1,6 @@
 """From a fitted quantizer to a saved artifact: collision handling, metrics, files, logger output.
 
-Shared by both LightningModules (a function, not a base class: the two fit very differently).
+Shared by the tokenizer LightningModules (a function, not a base class: the two fit very differently).
 """
 
 from __future__ import annotations
@@ -62,7 +62,52 @@ def export_tokenizer(
         popularity=popularity,
     )
     # Measured on the final first-l codes: "reassign" moves some items, and the metric should describe the IDs used.
-    reconstruction = reconstruct(codes[:, :levels])
+    return write_artifact(
+        directory,
+        features=features,
+        codes=codes,
+        raw_codes=raw_codes,
+        reconstruction=reconstruct(codes[:, :levels]),
+        level_sizes=level_sizes,
+        codebooks=codebooks,
+        config={
+            **config,
+            "collision": collision,
+            "collision_order": "index" if popularity is None else "popularity",
+        },
+        fit_seconds=fit_seconds,
+    )
+
+
+@torch.no_grad()
+def write_artifact(
+    directory: str | Path,
+    *,
+    features: Tensor,
+    codes: Tensor,
+    raw_codes: Tensor,
+    reconstruction: Tensor,
+    level_sizes: tuple[int, ...],
+    codebooks: Tensor | None,
+    config: dict,
+    fit_seconds: float,
+) -> SemanticIds:
+    """Measures unique IDs and writes them as an artifact: the one writer of every tokenizer.
+
+    Args:
+        directory: artifact folder.
+        features: (n, d) float, the matrix the tokenizer was fitted on (row = dense item).
+        codes: (n, levels) int64 unique semantic IDs.
+        raw_codes: (n, l) int64 codes before whatever made them unique (collision statistics are taken on them).
+        reconstruction: (n, d) the tokenizer's reconstruction of ``features`` from the IDs.
+        level_sizes: codes per level of ``codes``.
+        codebooks: (l, k, d') float, or None for tokenizers without a per-level codebook.
+        config: what produced the tokenizer, collision fields included; saved as config.json with versions added.
+        fit_seconds: wall-clock fitting time.
+
+    Returns:
+        The artifact as :func:`load_tokenizer` reads it back.
+    """
     metrics = tokenizer_metrics(
         features=features,
         reconstruction=reconstruction,
@@ -73,8 +118,6 @@ def export_tokenizer(
     )
     full_config = {
         **config,
-        "collision": collision,
-        "collision_order": "index" if popularity is None else "popularity",
         "feature_shape": list(features.shape),
         "genrec_version": genrec.__version__,
         "torch_version": torch.__version__,

@@ -9,7 +9,6 @@ no width-dependent parameters and makes IDs unique by construction, so it has no
 
 from __future__ import annotations
 
-import datetime
 import logging
 import time
 
@@ -17,12 +16,9 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-import genrec
-from genrec.tokenizer.artifact import feature_fingerprint, load_tokenizer, save_tokenizer
 from genrec.tokenizer.collisions import ORDERS, STRATEGIES, CollisionOrder, CollisionStrategy
 from genrec.tokenizer.constrained_kmeans import HierarchicalCodes, hierarchical_codes
-from genrec.tokenizer.export import export_tokenizer, log_tokenizer
-from genrec.tokenizer.metrics import tokenizer_metrics
+from genrec.tokenizer.export import export_tokenizer, log_tokenizer, write_artifact
 from genrec.tokenizer.residual import last_level_distances
 from genrec.tokenizer.rq_kmeans import ResidualKMeans
 from genrec.tokenizer.rqvae import RQVAE
@@ -39,6 +35,17 @@ def _datamodule_features(trainer: pl.Trainer) -> tuple[Tensor, dict]:
             "genrec.tokenizer.datamodule.ItemFeatures) to read the whole catalogue"
         )
     return datamodule.features, datamodule.describe()
+
+
+def _whole_catalogue(trainer: pl.Trainer, batch: Tensor, method: str) -> Tensor:
+    """The full (n, d) feature matrix, after checking that ``batch`` is all of it (one-step tokenizers)."""
+    features, _ = _datamodule_features(trainer)
+    if batch.shape[0] != features.shape[0]:
+        raise ValueError(
+            f"{method} fits on the whole catalogue in one step, but got a batch of {batch.shape[0]} of "
+            f"{features.shape[0]} items; set data.init_args.batch_size: null"
+        )
+    return features
 
 
 def _derive_input_dim(module: pl.LightningModule, features: Tensor) -> bool:
@@ -140,12 +147,7 @@ class RQKMeansTokenizer(pl.LightningModule):
         return None
 
     def training_step(self, batch: Tensor, batch_idx: int) -> None:
-        features, _ = _datamodule_features(self.trainer)
-        if batch.shape[0] != features.shape[0]:
-            raise ValueError(
-                f"RQ-KMeans fits on the whole catalogue in one step, but got a batch of {batch.shape[0]} of "
-                f"{features.shape[0]} items; set data.init_args.batch_size: null"
-            )
+        _whole_catalogue(self.trainer, batch, "RQ-KMeans")
         if bool(self.quantizer.fitted):
             return None  # a later epoch: the codebooks are final
         start = time.perf_counter()
@@ -347,12 +349,7 @@ class ConstrainedKMeansTokenizer(pl.LightningModule):
         return None
 
     def training_step(self, batch: Tensor, batch_idx: int) -> None:
-        features, _ = _datamodule_features(self.trainer)
-        if batch.shape[0] != features.shape[0]:
-            raise ValueError(
-                f"constrained k-means fits on the whole catalogue in one step, but got a batch of {batch.shape[0]} "
-                f"of {features.shape[0]} items; set data.init_args.batch_size: null"
-            )
+        features = _whole_catalogue(self.trainer, batch, "constrained k-means")
         if self.result is not None:
             return None  # a later epoch: the IDs are final
         start = time.perf_counter()
@@ -374,38 +371,24 @@ class ConstrainedKMeansTokenizer(pl.LightningModule):
             return
         features, data = _datamodule_features(self.trainer)
         codes, level_sizes, reconstruction = self.result
-        x = features.to(codes.device)
-        metrics = tokenizer_metrics(
-            features=x,
-            reconstruction=reconstruction,
+        ids = write_artifact(
+            self.hparams.output_dir,
+            features=features.to(codes.device),
+            codes=codes,
             # The cluster path before the leaf index: collision_rate / max_group then say how items share leaves
             # (max_group = the largest leaf), as they say how items share IDs before TIGER's extra code.
             raw_codes=codes[:, :-1],
-            codes=codes,
-            level_sizes=level_sizes,
-            fit_seconds=self.fit_seconds,
-        )
-        # The same config.json fields as export_tokenizer writes; "collision" names what makes the IDs unique and
-        # "collision_order" what orders the items of a leaf.
-        config = {
-            "method": "constrained-kmeans",
-            "hparams": dict(self.hparams),
-            "data": data,
-            "collision": "leaf_index",
-            "collision_order": "distance",
-            "feature_shape": list(x.shape),
-            "genrec_version": genrec.__version__,
-            "torch_version": torch.__version__,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        }
-        save_tokenizer(
-            self.hparams.output_dir,
-            codes=codes,
+            reconstruction=reconstruction,
             level_sizes=level_sizes,
             codebooks=None,
-            config=config,
-            metrics=metrics,
-            fingerprint=feature_fingerprint(x),
+            # "collision" names what makes the IDs unique and "collision_order" what orders the items of a leaf.
+            config={
+                "method": "constrained-kmeans",
+                "hparams": dict(self.hparams),
+                "data": data,
+                "collision": "leaf_index",
+                "collision_order": "distance",
+            },
+            fit_seconds=self.fit_seconds,
         )
-        log.info("tokenizer written to %s: %s", self.hparams.output_dir, metrics)
-        log_tokenizer(self.trainer.loggers, load_tokenizer(self.hparams.output_dir), step=self.global_step)
+        log_tokenizer(self.trainer.loggers, ids, step=self.global_step)
