@@ -5,7 +5,7 @@ Setup: TIGER-size T5 with random weights (d_model 128, 4+4 layers, 6 heads x 64,
 catalogue of 12,101 items with 3 x 256 codes + a collision level, histories of 20 items x 4 codes.
 
 Compared, on identical inputs in one run:
-    engine          genrec.decoding.beam_search (shared cross-attention K/V, dense prefix tables)
+    engine          genrec.seq2seq.t5_step.t5_beam_search (shared cross-attention K/V, dense prefix tables)
     hf_constrained  model.generate(num_beams=B, prefix_allowed_tokens_fn=<trie over the catalogue>)
     hf_free         model.generate(num_beams=B) without constraints (its invalid rate is why constraints exist)
 
@@ -32,8 +32,9 @@ import numpy as np
 import torch
 from transformers import T5ForConditionalGeneration
 
-from genrec.decoding import PrefixIndex, beam_search
+from genrec.decoding import PrefixIndex
 from genrec.seq2seq.module import T5Architecture, build_t5
+from genrec.seq2seq.t5_step import t5_beam_search
 from genrec.seq2seq.vocab import EOS_ID, CodeVocab
 
 
@@ -115,7 +116,7 @@ def main() -> None:
 
     def run(method: str, ids: torch.Tensor, mask: torch.Tensor):
         if method == "engine":
-            return beam_search(model, ids, mask, index, vocab, beam_width=args.beam, top_k=args.top_k)
+            return t5_beam_search(model, ids, mask, index, vocab, beam_width=args.beam, top_k=args.top_k)
         return model.generate(
             input_ids=ids,
             attention_mask=mask,

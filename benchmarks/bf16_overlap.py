@@ -25,9 +25,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
 
-    from genrec.decoding import beam_search
     from genrec.seq2seq.data import SemanticIdData
     from genrec.seq2seq.module import GenerativeRecommender
+    from genrec.seq2seq.t5_step import t5_beam_search
 
     checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     hparams = {k: v for k, v in checkpoint["datamodule_hyper_parameters"].items() if not k.startswith("_")}
@@ -45,8 +45,8 @@ def main() -> None:
         outs = {}
         for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
             t = time.perf_counter()
-            outs[name] = beam_search(model.model, ids, mask, model.index, model.vocab,
-                                     beam_width=model.hparams.beam_width, top_k=model.hparams.top_k, amp_dtype=dtype)
+            outs[name] = t5_beam_search(model.model, ids, mask, model.index, model.vocab,
+                                        beam_width=model.hparams.beam_width, top_k=model.hparams.top_k, amp_dtype=dtype)
             seconds[name] += time.perf_counter() - t
         a, b = outs["fp32"].items, outs["bf16"].items
         shared = (a.unsqueeze(2) == b.unsqueeze(1)).any(2).float().mean(1)  # (b,) fraction of fp32 top-K in bf16's

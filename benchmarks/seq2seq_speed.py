@@ -33,7 +33,7 @@ def main() -> None:
     cli = cli_main(["--config", args.config, "--trainer.logger=false", *args.overrides], run=False)
     model, data = cli.model, cli.datamodule
     data.setup("fit")
-    model.set_catalogue(data.item_codes)
+    model.set_catalogue(data.catalogue)
     device = torch.device(args.device)
     model.to(device)
     model.index = model.index.to(device)
@@ -71,10 +71,10 @@ def main() -> None:
     amp_dtype = torch.bfloat16 if args.bf16 else None
 
     def decode(batch: dict) -> None:
-        from genrec.decoding import beam_search
+        from genrec.seq2seq.t5_step import t5_beam_search
 
-        beam_search(model.model, batch["input_ids"].to(device), batch["attention_mask"].to(device), model.index,
-                    model.vocab, beam_width=model.hparams.beam_width, top_k=model.hparams.top_k, amp_dtype=amp_dtype)
+        t5_beam_search(model.model, batch["input_ids"].to(device), batch["attention_mask"].to(device), model.index,
+                       model.vocab, beam_width=model.hparams.beam_width, top_k=model.hparams.top_k, amp_dtype=amp_dtype)
 
     decode(eval_batches[0])
     sync()

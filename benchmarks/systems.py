@@ -1,14 +1,16 @@
 """Trains and tests the generative systems side by side, one after another in one run, and records them.
 
-Each config runs as ``python train.py fit --config <config>`` in its own process (the same command a user types),
-on the same split, metrics and beam search; their run records are copied to ``benchmarks/records/`` under
-``<date>-<name>.json`` and drawn as one bar chart of Recall@10 / NDCG@10.
+Each config runs as ``python train.py fit --config <base> --config <config>`` in its own process (the same command a
+user types; one base for all, so the systems share their trainer settings), on the same split, metrics and beam
+search; their run records are copied to ``benchmarks/records/`` under ``<date>-<name>.json`` and drawn as one bar
+chart of Recall@10 / NDCG@10.
 
     python benchmarks/systems.py                       # TIGER, MMGRec, ColaRec, MSCGRec, CPU-sized, on Beauty
-    python benchmarks/systems.py --configs configs/mmgrec/beauty.yaml configs/tiger/beauty.yaml   # GPU sizes
+    python benchmarks/systems.py --base configs/base/gpu.yaml --configs configs/mmgrec/beauty.yaml \
+        configs/tiger/beauty.yaml                      # GPU sizes
 
 The CPU-sized configs need SASRec's item embeddings first (ColaRec and MSCGRec IDs come from them):
-``python train.py fit --config configs/sasrec/beauty.yaml``.
+``python train.py fit --config configs/base/baseline.yaml --config configs/sasrec/beauty.yaml``.
 """
 
 from __future__ import annotations
@@ -32,11 +34,11 @@ DEFAULT = (
 )
 
 
-def run(config: str, extra: list[str], records: Path) -> dict:
-    """Runs one config to the end of its test; returns its run record (with the wall time added)."""
+def run(base: str, config: str, extra: list[str], records: Path) -> dict:
+    """Runs one config on its base to the end of its test; returns its run record (with the wall time added)."""
     before = set(records.glob("*.json"))
-    cmd = [sys.executable, "train.py", "fit", "--config", config, "--trainer.enable_progress_bar=false",
-           "--examples=0", *extra]
+    cmd = [sys.executable, "train.py", "fit", "--config", base, "--config", config,
+           "--trainer.enable_progress_bar=false", "--examples=0", *extra]
     print(f"\n=== {' '.join(cmd[1:])}", flush=True)
     start = time.perf_counter()
     result = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "GENREC_RECORDS": str(records)}, check=False)
@@ -74,6 +76,7 @@ def plot(records: list[dict], names: list[str], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default="configs/base/cpu.yaml", help="base config given before every experiment")
     parser.add_argument("--configs", nargs="+", default=list(DEFAULT), help="experiment configs to run in order")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "records"), help="where the records go")
     parser.add_argument("--tag", default="", help="suffix of the record names, e.g. -8epochs")
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        records = [run(config, extra, Path(tmp)) for config in args.configs]
+        records = [run(args.base, config, extra, Path(tmp)) for config in args.configs]
     names = []
     for config, record in zip(args.configs, records):
         name = f"{date.today().isoformat().replace('-', '')}-{Path(config).parent.name}-{Path(config).stem}{args.tag}"

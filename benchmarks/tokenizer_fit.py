@@ -11,22 +11,12 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import subprocess
 import tempfile
 from pathlib import Path
 
-import torch
 
-
-def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, check=True).stdout
-        return out.stdout.strip() + ("+dirty" if dirty.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+from genrec.provenance import provenance
 
 
 def main() -> None:
@@ -43,14 +33,13 @@ def main() -> None:
     import lightning.pytorch as pl
 
     from genrec.tokenizer.datamodule import ItemFeatures
-    from genrec.tokenizer.features import NpyFeatures, TextEmbeddings
+    from genrec.features import NpyFeatures, TextEmbeddings
     from genrec.tokenizer.lightning import RQKMeansTokenizer, RQVAETokenizer
 
     source = NpyFeatures(path=args.features) if args.features else TextEmbeddings()
     base = ItemFeatures(dataset=args.dataset, sources=[source])
     base.setup()
     features = base.features
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}"
     common = dict(levels=args.levels, codebook_size=args.codebook_size, collision=args.collision)
     runs = [
         ("rq-kmeans", RQKMeansTokenizer, dict(seed=args.seed), None, 1),
@@ -91,9 +80,7 @@ def main() -> None:
                         "collision_rate": round(metrics["collision_rate"], 4),
                         "max_group": metrics["max_group"],
                         "level_sizes": metrics["level_sizes"],
-                        "device": device,
-                        "commit": _commit(),
-                        "date": datetime.date.today().isoformat(),
+                        **provenance(),
                     }
                 ),
                 flush=True,

@@ -7,11 +7,14 @@ recommendations: one command trains, tests and shows what the model does.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import time
 
 from lightning.pytorch.cli import LightningCLI
+
+from genrec.pipeline import fit_missing
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +31,42 @@ class GenRecCLI(LightningCLI):
         parser.link_arguments("data.n_items", "model.init_args.n_items", apply_on="instantiate")
         parser.link_arguments("data.max_len", "model.init_args.max_len", apply_on="instantiate")
         parser.link_arguments("data.input_level_sizes", "model.init_args.input_level_sizes", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        self._require_training_length()
+        # The pipeline step (genrec.pipeline): fit the artifacts this run needs and lacks, each by its own run.
+        fitted = fit_missing(self._get(self.config, "data"), run=lambda config: main(["fit", "--config", config]))
+        if fitted:
+            # Those runs drew from the global generators: seed again, so that the model starts from the same
+            # weights whether its tokenizer was fitted just now or found on disk.
+            self._set_seed()
+
+    def _require_training_length(self) -> None:
+        """Refuses to ``fit`` a recommender whose config sets no training length.
+
+        Experiment configs leave the schedule to their base (``configs/base/``): given alone, Lightning would fall
+        back to 1000 epochs with only a warning. A run with max_time or fast_dev_run has a length too (Lightning
+        does not default it then); item tokenizer fits are not checked.
+
+        Raises:
+            ValueError: ``fit`` of a recommender with trainer.max_epochs null and trainer.max_steps -1.
+        """
+        if self.subcommand != "fit":
+            return
+        trainer = self._get(self.config, "trainer")
+        if (trainer.max_epochs is not None or trainer.max_steps != -1 or trainer.max_time is not None
+                or trainer.fast_dev_run):
+            return
+        module, _, name = str(self._get(self.config, "model").class_path).rpartition(".")
+        if not hasattr(getattr(importlib.import_module(module), name, None), "recommend"):
+            return  # not a recommender (an item tokenizer fit)
+        given = " ".join(f"--config {path}" for path in self._option("config") or []) or "--config <experiment>"
+        raise ValueError(
+            "fit: no training length (trainer.max_epochs is null and trainer.max_steps -1, so Lightning would train "
+            "for 1000 epochs); pass the base config first: "
+            f"`python train.py fit --config configs/base/cpu.yaml {given}` "
+            "(the Command line in the experiment's header names its base), or set --trainer.max_epochs"
+        )
 
     def _option(self, name: str):
         return self.config[self.subcommand].get(name) if self.subcommand else None
@@ -59,7 +98,9 @@ class GenRecCLI(LightningCLI):
             write_record(trainer=self.trainer, model=self.model, datamodule=self.datamodule,
                          train_seconds=self._fit_seconds, config=config)
         count = self._option("examples") or 0
-        if count and hasattr(self.model, "recommend") and hasattr(self.datamodule, "parts"):
+        from genrec.seq2seq.module import GenerativeRecommender
+
+        if count and isinstance(self.model, GenerativeRecommender):
             from genrec.seq2seq.examples import print_examples
 
             print_examples(self.model, self.datamodule, count=count)

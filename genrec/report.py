@@ -17,12 +17,13 @@ import json
 import logging
 import math
 import os
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from genrec.provenance import device_name, git_commit, load_average
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +106,13 @@ def describe_features(datamodule: Any) -> tuple[str, str]:
 
     Input-only modalities (MSCGRec) follow as ``| input: ...``, item content (ColaRec) as ``| content: ...``.
     """
-    semantic_ids = getattr(datamodule, "semantic_ids", None)
+    catalogue = getattr(datamodule, "catalogue", None)  # genrec.seq2seq.catalogue.Catalogue, for semantic-ID data
+    semantic_ids = getattr(catalogue, "semantic_ids", None)
     if semantic_ids is None:
         return "item ids", "-"
     config = semantic_ids.config or {}
     features = _artifact_features(semantic_ids)
-    inputs = [_artifact_features(ids) for ids in getattr(datamodule, "input_ids", None) or []]
+    inputs = [_artifact_features(ids) for ids in catalogue.input_artifacts]
     if inputs:
         features += " | input: " + ", ".join(inputs)
     content = (getattr(datamodule, "hparams", None) or {}).get("content_sources") or []
@@ -128,34 +130,6 @@ def describe_features(datamodule: Any) -> tuple[str, str]:
         if config.get("collision_order") == "popularity":
             tokenizer += " by popularity"
     return features, f"{tokenizer} ({semantic_ids.path})"
-
-
-def device_name(trainer: Any) -> str:
-    """The accelerator a trainer ran on, e.g. ``NVIDIA H100 80GB HBM3`` or ``cpu (2 threads)``, ``xN`` under DDP."""
-    import torch
-
-    device = trainer.strategy.root_device
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    elif device.type == "cpu":
-        threads = torch.get_num_threads()
-        name = f"cpu ({threads} thread{'s' if threads != 1 else ''})"
-    else:
-        name = str(device)
-    return f"{name} x{trainer.world_size}" if trainer.world_size > 1 else name
-
-
-def git_commit() -> str:
-    """Short hash of the genrec checkout, ``-dirty`` when tracked files differ from it; ``unknown`` outside git."""
-    where = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=where, capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
-                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{commit}-dirty" if status else commit or "unknown"
 
 
 def write_record(
@@ -193,8 +167,9 @@ def write_record(
         "tokenizer": tokenizer,
         "metrics": {name: round(float(value), 6) for name, value in found.items()},
         "train_seconds": None if train_seconds is None else round(train_seconds, 1),
-        "device": device_name(trainer),
+        "device": device_name(trainer.strategy.root_device, world_size=trainer.world_size),
         "commit": git_commit(),
+        "load": load_average(),
         "date": now.date().isoformat(),
         "command": " ".join(sys.argv),
         "config": config,

@@ -1,11 +1,20 @@
-"""Shared fixtures: tiny datasets written to a temporary folder in each supported format."""
+"""Shared fixtures: tiny datasets in each supported format, the synthetic walk, and one model trained on it."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
+import torch
+
+from genrec.tokenizer.artifact import save_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+N_ITEMS = 27
 
 
 def write_sequences_dataset(root: Path, lines: list[str], items: list[dict] | None = None) -> Path:
@@ -14,6 +23,72 @@ def write_sequences_dataset(root: Path, lines: list[str], items: list[dict] | No
     if items is not None:
         (root / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
     return root
+
+
+def synthetic(tmp_path: Path, *, users: int = 108, length: int = 8) -> tuple[Path, Path]:
+    """Users walk the catalogue in steps of +1 (mod 27) from different starts: the next item is a function of the
+    last one. Codes are the base-3 digits of the item index, plus a constant collision level."""
+    lines = [f"{u + 1} " + " ".join(str((u + t) % N_ITEMS + 1) for t in range(length)) for u in range(users)]
+    dataset = write_sequences_dataset(tmp_path / "walk", lines)
+    i = torch.arange(N_ITEMS)
+    codes = torch.stack([i // 9, (i // 3) % 3, i % 3, torch.zeros_like(i)], dim=1)
+    tokenizer = save_tokenizer(
+        tmp_path / "walk-tokenizer", codes=codes, level_sizes=(3, 3, 3, 1), codebooks=None, config={"synthetic": True},
+        metrics={}, fingerprint="synthetic", plot=False,
+    )
+    return dataset, tokenizer
+
+
+def cli_args(dataset: Path, tokenizer: Path, out: Path, *extra: str) -> list[str]:
+    """A tiny TIGER on the walk through the real CLI, quiet and on CPU; ``extra`` overrides."""
+    return [
+        "--model=genrec.seq2seq.module.GenerativeRecommender",
+        "--model.arch.d_model=32", "--model.arch.encoder_layers=2", "--model.arch.decoder_layers=2",
+        "--model.arch.num_heads=2", "--model.arch.d_kv=16", "--model.arch.d_ff=64", "--model.arch.dropout=0.0",
+        "--model.lr=0.005", "--model.warmup_steps=20", "--model.beam_width=20", "--model.top_k=20",
+        "--data=genrec.seq2seq.data.SemanticIdData",
+        f"--data.dataset={dataset}", f"--data.tokenizer={tokenizer}", "--data.max_len=5",
+        "--data.batch_size=64", "--data.eval_batch_size=64",
+        "--trainer.logger=false", "--trainer.accelerator=cpu", "--trainer.devices=1",
+        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+        f"--trainer.default_root_dir={out}", "--seed_everything=0",
+        *extra,
+    ]
+
+
+def walk_title(item: int) -> str:
+    """The walk's item titles (with an ampersand, which the item file stores as an HTML entity)."""
+    return "Soap & Sponge" if item == 5 else f"Walk item {item}"
+
+
+class TrainedWalk(NamedTuple):
+    dataset: Path
+    tokenizer: Path
+    checkpoint: Path
+    metrics: dict[str, float]
+    """``test/...`` metrics of the checkpoint on the walk's test users."""
+    stdout: str
+    """What the run printed (metrics line, example recommendations)."""
+
+
+@pytest.fixture(scope="session")
+def trained_walk(tmp_path_factory, _one_torch_thread) -> TrainedWalk:
+    """TIGER trained once per test session on the walk (300 steps through the CLI, then tested): the model every
+    test of a trained model reads, instead of each training its own."""
+    from genrec.cli import main
+
+    tmp = tmp_path_factory.mktemp("trained-walk")
+    dataset, tokenizer = synthetic(tmp)
+    records = [{"item_id": i, "title": walk_title(i).replace("&", "&amp;")} for i in range(1, N_ITEMS + 1)]
+    (dataset / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as env, contextlib.redirect_stdout(out):
+        env.setenv("GENREC_RECORDS", str(tmp / "records"))
+        cli = main(["fit", *cli_args(dataset, tokenizer, tmp / "run", "--trainer.max_steps=300",
+                                     "--trainer.limit_val_batches=0", "--test_after_fit=true", "--examples=2")])
+    (checkpoint,) = (tmp / "run").rglob("*.ckpt")
+    metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("test/")}
+    return TrainedWalk(dataset, tokenizer, checkpoint, metrics, out.getvalue())
 
 
 @pytest.fixture
@@ -36,8 +111,6 @@ def tiny_dataset(tmp_path: Path) -> Path:
 def _one_torch_thread():
     """The test models are tiny: one thread avoids oversubscribing the CI machine's 2 cores (measured ~9x faster
     training steps under load than torch's default thread count)."""
-    import torch
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -1,9 +1,11 @@
 """Every experiment YAML under configs/ (outside configs/tokenizer/, tested beside the tokenizer) parses and
-instantiates through genrec's CLI, and starts with its header: purpose, exact command, result."""
+instantiates through genrec's CLI together with the base its header's Command line names first (configs/base/), and
+starts with its header: purpose, exact command, result."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +13,31 @@ import pytest
 import torch
 import yaml
 
+import genrec.cli
 from genrec.cli import main
 from genrec.data import load_dataset
 from genrec.tokenizer.artifact import save_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "tokenizer" not in p.relative_to(ROOT / "configs").parts)
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml")
+                 if not {"tokenizer", "base"} & set(p.relative_to(ROOT / "configs").parts))
+BASES = sorted((ROOT / "configs" / "base").glob("*.yaml"))
+
+
+def header(config: Path) -> str:
+    lines = config.read_text().splitlines()
+    return "\n".join(lines[: next(i for i, x in enumerate(lines) if not x.startswith("#"))])
+
+
+def command_configs(config: Path) -> list[Path]:
+    """The ``--config`` files of the header's Command line, in order (a base first, then the experiment)."""
+    [line] = [x for x in header(config).splitlines() if x.startswith("# Command:")]
+    return [ROOT / c for c in re.findall(r"--config (\S+)", line)]
+
+
+def config_args(config: Path) -> list[str]:
+    """``--config`` arguments of the header's Command line: the base, if any, then the experiment."""
+    return [arg for path in command_configs(config) for arg in ("--config", str(path))]
 
 
 def test_configs_exist():
@@ -30,9 +51,21 @@ def test_configs_exist():
 def test_header(config):
     lines = config.read_text().splitlines()
     assert lines and lines[0].startswith("#"), "a config starts with a comment header"
-    text = "\n".join(line for line in lines[: next(i for i, x in enumerate(lines) if not x.startswith("#"))])
-    assert f"python train.py fit --config {config.relative_to(ROOT)}" in text
+    text = header(config)
+    assert re.search(r"^# Command: +python train\.py fit --config ", text, re.MULTILINE), "the exact command, on one line"
+    configs = command_configs(config)
+    if config in BASES:  # no run of its own: its example command puts it first, an experiment second
+        assert configs[0] == config and len(configs) == 2 and configs[1] in CONFIGS
+        return
+    assert configs[-1] == config, "the command runs this config, last (its keys override the base's)"
+    assert all(c in BASES for c in configs[:-1]), "only a base comes before the experiment"
     assert "Result:" in text
+
+
+@pytest.mark.parametrize("base", BASES, ids=lambda p: p.name)
+def test_every_base_is_used(base):
+    assert any(command_configs(c)[:-1] == [base] for c in CONFIGS)
+    assert "model" not in yaml.safe_load(base.read_text()) and "data" not in yaml.safe_load(base.read_text())
 
 
 def fake_tokenizer(directory: Path, n_items: int, level_sizes: tuple[int, ...]) -> Path:
@@ -50,7 +83,7 @@ def fake_tokenizer(directory: Path, n_items: int, level_sizes: tuple[int, ...]) 
 def test_config_instantiates(config, tmp_path):
     data = yaml.safe_load(config.read_text())["data"]["init_args"]
     n_items = load_dataset(data["dataset"]).n_items
-    args = ["--config", str(config), f"--trainer.default_root_dir={tmp_path}"]
+    args = [*config_args(config), f"--trainer.default_root_dir={tmp_path}"]
     if "tokenizer" in data:  # item-ID baselines (SASRec) have no tokenizer
         args.append(f"--data.init_args.tokenizer={fake_tokenizer(tmp_path / 'tok', n_items, (64, 64, 64, 1))}")
     if data.get("input_modalities"):  # MSCGRec: every input modality gets a stand-in artifact too
@@ -59,10 +92,12 @@ def test_config_instantiates(config, tmp_path):
         args.append(f"--data.init_args.input_modalities={json.dumps(fakes)}")
     if data.get("content_sources"):  # ColaRec: random content instead of embedding every item's text here
         np.save(tmp_path / "content.npy", np.random.default_rng(0).standard_normal((n_items, 24)).astype(np.float32))
-        source = {"class_path": "genrec.tokenizer.features.NpyFeatures", "init_args": {"path": str(tmp_path / "content.npy")}}
+        source = {"class_path": "genrec.features.source.NpyFeatures", "init_args": {"path": str(tmp_path / "content.npy")}}
         args.append(f"--data.init_args.content_sources={json.dumps([source])}")
     cli = main(args, run=False)
     model, datamodule = cli.model, cli.datamodule
+    # With its base, every run has a length (fit refuses one without; Lightning would train 1000 epochs).
+    assert cli.config.trainer.max_epochs is not None or cli.config.trainer.max_steps != -1
     if "tokenizer" not in data:
         # The catalogue size and history length are linked from the datamodule by the CLI.
         assert model.hparams.n_items == datamodule.n_items == n_items
@@ -74,3 +109,37 @@ def test_config_instantiates(config, tmp_path):
     assert model.hparams.beam_width >= model.hparams.top_k >= 20
     assert model.vocab.input_level_sizes == ((32, 32, 32, 1),) * len(data.get("input_modalities") or [])
     assert datamodule.content_dim == (24 if data.get("content_sources") else 0)
+
+
+class Reached(Exception):
+    """Raised in place of the pipeline step, which runs right after the training-length check."""
+
+
+def _stop_at_pipeline(monkeypatch) -> None:
+    def stop(*args, **kwargs):
+        raise Reached
+    monkeypatch.setattr(genrec.cli, "fit_missing", stop)
+
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if len(command_configs(c)) > 1],
+                         ids=lambda p: str(p.relative_to(ROOT / "configs")))
+def test_fit_refuses_an_experiment_without_its_base(config, monkeypatch):
+    """Given alone, an experiment sets no training length: fit stops before fitting or building anything."""
+    _stop_at_pipeline(monkeypatch)
+    with pytest.raises(ValueError, match=r"no training length .* pass the base config first") as error:
+        main(["fit", "--config", str(config)])
+    assert "\n" not in str(error.value)
+    assert f"--config configs/base/cpu.yaml --config {config}" in str(error.value)
+    with pytest.raises(Reached):  # with its base it passes the check
+        main(["fit", *config_args(config)])
+
+
+def test_training_length_check_spares_tokenizer_fits_and_explicit_lengths(monkeypatch):
+    _stop_at_pipeline(monkeypatch)
+    with pytest.raises(Reached):  # an item tokenizer is not a recommender
+        main(["fit", "--config", str(ROOT / "configs/tokenizer/debug.yaml"), "--trainer.max_epochs=null"])
+    experiment = ROOT / "configs/tiger/beauty-cpu.yaml"
+    for length in ("--trainer.max_epochs=2", "--trainer.max_steps=10", "--trainer.max_time=00:00:05:00",
+                   "--trainer.fast_dev_run=true"):
+        with pytest.raises(Reached):
+            main(["fit", "--config", str(experiment), length])

@@ -237,9 +237,9 @@ def test_artifact_feeds_semantic_id_data(tiny_dataset, tmp_path):
         "--data=genrec.tokenizer.datamodule.ItemFeatures",
         f"--data.dataset={tiny_dataset}", "--data.batch_size=null",
         "--data.sources="
-        + json.dumps([{"class_path": "genrec.tokenizer.features.NpyFeatures", "init_args": {"path": str(emb)}}]),
+        + json.dumps([{"class_path": "genrec.features.source.NpyFeatures", "init_args": {"path": str(emb)}}]),
     ])
     data = SemanticIdData(dataset=str(tiny_dataset), tokenizer=str(out), max_len=3)
-    assert data.level_sizes[:2] == (2, 2) and data.item_codes.shape == (n_items, 3)
+    assert data.level_sizes[:2] == (2, 2) and data.catalogue.item_codes.shape == (n_items, 3)
     data.setup("fit")
     assert len(data.parts["train"]) > 0

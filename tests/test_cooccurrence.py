@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from genrec.data.cooccurrence import CooccurrenceFeatures, cooccurrence_embeddings
+from genrec.features.cooccurrence import CooccurrenceFeatures, cooccurrence_embeddings
 from tests.conftest import write_sequences_dataset
 
 

@@ -1,7 +1,7 @@
-"""Prefix index and constrained beam search, checked against HF's teacher-forced forward pass.
+"""Prefix index, and constrained beam search through the T5 step checked against HF's teacher-forced forward pass.
 
 Tiny random T5 with odd sizes (d_model 24, d_kv 8, 3 heads, d_ff 37) so shape mix-ups fail loudly; a catalogue of
-50 items over 3 levels plus a collision level.
+50 items over 3 levels plus a collision level. The engine on its own, against a toy step: ``test_beam_search.py``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import torch
 from transformers import T5Config, T5ForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
-from genrec.decoding import PrefixIndex, beam_search, score_items
-from genrec.decoding.t5_step import CachedT5Decoder
+from genrec.decoding import PrefixIndex
+from genrec.seq2seq.t5_step import CachedT5Decoder, score_items, t5_beam_search
 from genrec.seq2seq.vocab import PAD_ID, CodeVocab
 
 SEM_SIZES = (7, 5, 6)
@@ -170,7 +170,7 @@ def test_cached_decoder_step_matches_hf_teacher_forcing(overrides, setup):
 def test_exhaustive_beam_equals_brute_force(layout, setup):
     codes, vocab, model, input_ids, mask = setup
     index = PrefixIndex(codes, vocab.level_sizes, layout=layout)
-    out = beam_search(model, input_ids, mask, index, vocab, beam_width=64, top_k=10)
+    out = t5_beam_search(model, input_ids, mask, index, vocab, beam_width=64, top_k=10)
     brute = score_items(model, input_ids, mask, vocab, codes)  # (b, 50)
     top = brute.topk(10, dim=1)
     assert torch.equal(out.items, top.indices)
@@ -186,7 +186,7 @@ def test_narrow_beam_returns_valid_distinct_items_with_exact_scores(setup):
     codes, vocab, model, _, _ = setup
     input_ids, mask = make_histories(codes, vocab, n_users=16, seed=7)
     index = PrefixIndex(codes, vocab.level_sizes)
-    out = beam_search(model, input_ids, mask, index, vocab, beam_width=4, top_k=3)
+    out = t5_beam_search(model, input_ids, mask, index, vocab, beam_width=4, top_k=3)
     assert out.items.shape == (16, 3) and out.codes.shape == (16, 3, 4)
     assert (out.items >= 0).all()
     assert all(len(set(row)) == 3 for row in out.items.tolist())
@@ -199,7 +199,7 @@ def test_narrow_beam_returns_valid_distinct_items_with_exact_scores(setup):
 def test_fewer_valid_items_than_top_k_fills_with_minus_one(setup):
     _, vocab, model, input_ids, mask = setup
     few = torch.tensor([[0, 0, 0, 0], [0, 0, 1, 0], [3, 2, 1, 0]])  # 3 items
-    out = beam_search(model, input_ids, mask, PrefixIndex(few, vocab.level_sizes), vocab, beam_width=6, top_k=5)
+    out = t5_beam_search(model, input_ids, mask, PrefixIndex(few, vocab.level_sizes), vocab, beam_width=6, top_k=5)
     assert (out.items[:, 3:] == -1).all() and torch.isinf(out.scores[:, 3:]).all()
     assert (out.codes[:, 3:] == -1).all()
     assert sorted(out.items[0, :3].tolist()) == [0, 1, 2]
@@ -210,7 +210,7 @@ def test_fewer_valid_items_than_top_k_fills_with_minus_one(setup):
     tiny_model = make_model(tiny, seed=3)
     one = PrefixIndex(torch.tensor([[1, 0]]), tiny.level_sizes)
     ids = torch.tensor([[2, 4, 0]])
-    out = beam_search(tiny_model, ids, torch.tensor([[1, 1, 0]]), one, tiny, beam_width=4, top_k=4)
+    out = t5_beam_search(tiny_model, ids, torch.tensor([[1, 1, 0]]), one, tiny, beam_width=4, top_k=4)
     assert out.items.tolist() == [[0, -1, -1, -1]] and out.codes[0, 0].tolist() == [1, 0]
 
 
@@ -220,8 +220,8 @@ def test_left_and_right_padding_agree(setup):
     right_ids, right_mask = make_histories(codes, vocab, 8, seed=9, side="right")
     left_ids, left_mask = make_histories(codes, vocab, 8, seed=9, side="left")
     assert not torch.equal(left_ids, right_ids)
-    right = beam_search(model, right_ids, right_mask, index, vocab, beam_width=8, top_k=5)
-    left = beam_search(model, left_ids, left_mask, index, vocab, beam_width=8, top_k=5)
+    right = t5_beam_search(model, right_ids, right_mask, index, vocab, beam_width=8, top_k=5)
+    left = t5_beam_search(model, left_ids, left_mask, index, vocab, beam_width=8, top_k=5)
     assert torch.equal(left.items, right.items)
     torch.testing.assert_close(left.scores, right.scores, atol=1e-5, rtol=0)
 
@@ -229,7 +229,7 @@ def test_left_and_right_padding_agree(setup):
 def test_bfloat16_autocast_returns_valid_items(setup):
     codes, vocab, model, input_ids, mask = setup
     index = PrefixIndex(codes, vocab.level_sizes)
-    out = beam_search(model, input_ids, mask, index, vocab, beam_width=8, top_k=5, amp_dtype=torch.bfloat16)
+    out = t5_beam_search(model, input_ids, mask, index, vocab, beam_width=8, top_k=5, amp_dtype=torch.bfloat16)
     assert out.scores.dtype == torch.float32
     assert (out.items >= 0).all() and torch.equal(out.codes, codes[out.items])
 
@@ -238,20 +238,20 @@ def test_bad_inputs_raise(setup):
     codes, vocab, model, input_ids, mask = setup
     index = PrefixIndex(codes, vocab.level_sizes)
     with pytest.raises(ValueError, match="beam_width >= top_k"):
-        beam_search(model, input_ids, mask, index, vocab, beam_width=3, top_k=5)
+        t5_beam_search(model, input_ids, mask, index, vocab, beam_width=3, top_k=5)
     with pytest.raises(ValueError, match="level_sizes"):
         other = PrefixIndex(codes, (*SEM_SIZES, vocab.level_sizes[-1] + 1))
-        beam_search(model, input_ids, mask, other, vocab, beam_width=5, top_k=5)
+        t5_beam_search(model, input_ids, mask, other, vocab, beam_width=5, top_k=5)
     with pytest.raises(ValueError, match="attention_mask shape"):
-        beam_search(model, input_ids, mask[:, :-1], index, vocab, beam_width=5, top_k=5)
+        t5_beam_search(model, input_ids, mask[:, :-1], index, vocab, beam_width=5, top_k=5)
     empty_row = mask.clone()
     empty_row[0] = 0
     with pytest.raises(ValueError, match="at least one real"):
-        beam_search(model, input_ids, empty_row, index, vocab, beam_width=5, top_k=5)
+        t5_beam_search(model, input_ids, empty_row, index, vocab, beam_width=5, top_k=5)
     model.train()
     try:
         with pytest.raises(ValueError, match="model.eval"):
-            beam_search(model, input_ids, mask, index, vocab, beam_width=5, top_k=5)
+            t5_beam_search(model, input_ids, mask, index, vocab, beam_width=5, top_k=5)
     finally:
         model.eval()
 
@@ -269,9 +269,9 @@ def test_cuda_matches_cpu(setup):
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     codes, vocab, model, input_ids, mask = setup
-    cpu = beam_search(model, input_ids, mask, PrefixIndex(codes, vocab.level_sizes), vocab, beam_width=8, top_k=5)
+    cpu = t5_beam_search(model, input_ids, mask, PrefixIndex(codes, vocab.level_sizes), vocab, beam_width=8, top_k=5)
     gpu_model = copy.deepcopy(model).cuda()
     index = PrefixIndex(codes, vocab.level_sizes).to("cuda")
-    gpu = beam_search(gpu_model, input_ids.cuda(), mask.cuda(), index, vocab, beam_width=8, top_k=5)
+    gpu = t5_beam_search(gpu_model, input_ids.cuda(), mask.cuda(), index, vocab, beam_width=8, top_k=5)
     assert torch.equal(gpu.items.cpu(), cpu.items)
     torch.testing.assert_close(gpu.scores.cpu(), cpu.scores, atol=1e-4, rtol=0)

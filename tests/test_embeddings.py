@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from genrec.data import load_dataset
-from genrec.data import embeddings as emb
+from genrec.features import text as emb
 from tests.conftest import write_sequences_dataset
 
 

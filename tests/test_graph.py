@@ -10,17 +10,9 @@ import pytest
 import torch
 
 from genrec.data import item_popularity, load_dataset
-from genrec.data.graph import (
-    BipartiteGraph,
-    GraphFeatures,
-    GraphSAGE,
-    SAGELayer,
-    graph_item_embeddings,
-    ranking_auc,
-    train_graph_encoder,
-    training_graph,
-)
-from genrec.tokenizer.features import NpyFeatures
+from genrec.features import NpyFeatures
+from genrec.features.graph import GraphFeatures, graph_item_embeddings, ranking_auc, train_graph_encoder, training_graph
+from genrec.features.sage import BipartiteGraph, GraphSAGE, SAGELayer
 from tests.conftest import write_sequences_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,7 +99,7 @@ def write_npy(path: Path, array: np.ndarray) -> str:
 
 
 def test_graph_features_load_is_cached(tiny_dataset, tmp_path, monkeypatch):
-    import genrec.data.graph as graph_module
+    import genrec.features.graph as graph_module
 
     npy = write_npy(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(5, 7)))
     cache = str(tmp_path / "c")
@@ -159,7 +151,7 @@ def test_graph_features_errors(tiny_dataset, tmp_path):
 
 def test_mmgrec_config_parses_nested_feature_sources(tmp_path):
     from genrec.cli import main
-    from genrec.tokenizer.features import TextEmbeddings
+    from genrec.features import TextEmbeddings
 
     config = ROOT / "configs" / "tokenizer" / "beauty-mmgrec.yaml"
     cli = main(["--config", str(config), "--trainer.default_root_dir", str(tmp_path)], run=False)

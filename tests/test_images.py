@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from genrec.data import images as im
-from genrec.data.__main__ import main
-from genrec.tokenizer.features import NpyFeatures, load_features
+from genrec.features import NpyFeatures, load_features
+from genrec.features import image as im
+from genrec.features.__main__ import main
 from tests.conftest import write_sequences_dataset
 
 # Odd widths (37) catch shape bugs; 32-pixel images in 8-pixel patches keep every forward pass tiny.
@@ -95,7 +95,7 @@ def _paths(image_dir, names=NAMES):
 )
 def test_shape_and_pooling_per_encoder_family(encoder, dim, image_dir, request, caplog):
     paths = _paths(image_dir) + [image_dir / "photo.jpg"]
-    with caplog.at_level(logging.INFO, logger="genrec.data.images"):
+    with caplog.at_level(logging.INFO, logger="genrec.features.image"):
         vectors = im.image_embeddings(paths, encoder=request.getfixturevalue(encoder), progress=False)
     assert vectors.shape == (len(paths), dim) and vectors.dtype == torch.float32
     assert torch.isfinite(vectors).all() and (vectors.abs().sum(dim=1) > 0).all()
@@ -145,7 +145,7 @@ def test_missing_image_names_file_and_item(clip_encoder, image_dir, caplog):
     with pytest.raises(FileNotFoundError, match=r"2 of 4 items have no image file, item 'B002': .*nope\.png, "
                                                 r"item 'B004': None; pass missing='zeros'"):
         im.image_embeddings(paths, encoder=clip_encoder, items=items, progress=False)
-    with caplog.at_level(logging.WARNING, logger="genrec.data.images"):
+    with caplog.at_level(logging.WARNING, logger="genrec.features.image"):
         vectors = im.image_embeddings(paths, encoder=clip_encoder, items=items, missing="zeros", progress=False)
     assert "2 of 4 items have no image file; their embeddings are zero" in caplog.text and "nope.png" in caplog.text
     assert vectors.shape == (4, 16)
@@ -262,7 +262,7 @@ def test_tokenizer_config_accepts_image_source(clip_encoder, image_dataset, tmp_
                   "init_args": {"output_dir": str(tmp_path / "tok"), "levels": 2, "codebook_size": 2}},
         "data": {"class_path": "genrec.tokenizer.datamodule.ItemFeatures",
                  "init_args": {"dataset": str(dataset), "batch_size": None, "sources": [
-                     {"class_path": "genrec.data.images.ImageEmbeddings",
+                     {"class_path": "genrec.features.image.ImageEmbeddings",
                       "init_args": {"encoder": clip_encoder, "image_dir": str(folder), "pattern": "{item_id}.png",
                                     "missing": "zeros", "weight": 0.5}}]}},
     }))  # JSON is YAML
@@ -275,14 +275,14 @@ def test_tokenizer_config_accepts_image_source(clip_encoder, image_dataset, tmp_
 def test_image_codes_are_an_mscgrec_input_modality(clip_encoder, tmp_path):
     """Images -> ImageEmbeddings -> residual k-means artifact -> a third MSCGRec input modality, end to end."""
     from genrec.cli import main as cli_main
-    from tests.test_seq2seq import N_ITEMS, cli_args, synthetic
+    from tests.conftest import N_ITEMS, cli_args, synthetic
 
     dataset, tokenizer = synthetic(tmp_path, users=40)
     folder = tmp_path / "walk-images"
     folder.mkdir()
     for i in range(N_ITEMS):  # item ids are 1..27 in the walk dataset; a colour per item
         Image.new("RGB", (24, 24), (9 * i, 255 - 9 * i, (37 * i) % 256)).save(folder / f"{i + 1}.png")
-    source = {"class_path": "genrec.data.images.ImageEmbeddings",
+    source = {"class_path": "genrec.features.image.ImageEmbeddings",
               "init_args": {"encoder": clip_encoder, "image_dir": str(folder), "pattern": "{item_id}.png",
                             "cache_dir": str(tmp_path / "cache")}}
     image_ids = tmp_path / "walk-image-ids"
@@ -292,7 +292,8 @@ def test_image_codes_are_an_mscgrec_input_modality(clip_encoder, tmp_path):
               "--trainer.max_epochs=1", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
               "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu", f"--trainer.default_root_dir={tmp_path}"])
     cli = cli_main(["fit", *cli_args(dataset, tokenizer, tmp_path / "run",
-                                     "--model=genrec.seq2seq.mscgrec.MultimodalRecommender",
+                                     "--model.encoder=genrec.seq2seq.mscgrec.MultimodalHistory",
+                                     "--model.constrained_softmax=true",
                                      f"--data.input_modalities={json.dumps([{'tokenizer': str(image_ids)}])}",
                                      "--trainer.max_steps=5", "--test_after_fit=true", "--examples=0")])
     assert len(cli.model.vocab.input_level_sizes) == 1 and cli.model.vocab.input_level_sizes[0][:2] == (4, 4)

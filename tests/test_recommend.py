@@ -8,44 +8,23 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import NamedTuple
 
 import pytest
 import torch
 
 import recommend
-from genrec.cli import main as train_main
 from genrec.seq2seq.data import SemanticIdData
 from genrec.seq2seq.module import GenerativeRecommender
-from tests.conftest import write_sequences_dataset
-from tests.test_seq2seq import N_ITEMS, ROOT, cli_args, synthetic
+from tests.conftest import N_ITEMS, ROOT, TrainedWalk, walk_title, write_sequences_dataset
 
 
-class Trained(NamedTuple):
-    dataset: Path
-    tokenizer: Path
-    checkpoint: Path
+@pytest.fixture
+def trained(trained_walk: TrainedWalk) -> TrainedWalk:
+    """The session's TIGER on the walk (tests/conftest.py), whose items have titles."""
+    return trained_walk
 
 
-def title(item: int) -> str:
-    return "Soap & Sponge" if item == 5 else f"Walk item {item}"
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Trained:
-    tmp = tmp_path_factory.mktemp("recommend")
-    dataset, tokenizer = synthetic(tmp)
-    # Item text, with an HTML entity as Amazon titles have: the output titles are unescaped.
-    records = [{"item_id": i, "title": title(i).replace("&", "&amp;")} for i in range(1, N_ITEMS + 1)]
-    (dataset / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    # Tests run on one torch thread (tests/conftest.py).
-    train_main(["fit", *cli_args(dataset, tokenizer, tmp / "run", "--trainer.max_steps=300",
-                                 "--trainer.limit_val_batches=0")])
-    (checkpoint,) = (tmp / "run").rglob("*.ckpt")
-    return Trained(dataset, tokenizer, checkpoint)
-
-
-def run(trained: Trained, tmp_path: Path, *args: str, lines: list[str] | None = None) -> list[dict]:
+def run(trained: TrainedWalk, tmp_path: Path, *args: str, lines: list[str] | None = None) -> list[dict]:
     """recommend.main in this process; ``lines`` become the --input file."""
     argv = ["--checkpoint", str(trained.checkpoint), "--output", str(tmp_path / "out.jsonl"), "--device", "cpu", *args]
     if lines is not None:
@@ -71,7 +50,7 @@ def test_top1_of_a_walk_is_the_next_item(trained, tmp_path):
         assert o["items"][0] == next_item, (h, o)  # dataset ids: dense indices would be one lower
         assert len(o["items"]) == len(set(o["items"])) == 5 and set(o["items"]) <= set(range(1, N_ITEMS + 1))
         assert o["scores"] == sorted(o["scores"], reverse=True) and all(s <= 0 for s in o["scores"])
-        assert o["titles"] == [title(i) for i in o["items"]]
+        assert o["titles"] == [walk_title(i) for i in o["items"]]
     assert any("Soap & Sponge" in o["titles"] for o in out)
 
 

@@ -18,7 +18,7 @@ from genrec.report import (
     render,
     replace_in_readme,
 )
-from tests.test_seq2seq import cli_args, synthetic
+from tests.conftest import cli_args, synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,20 +127,23 @@ def test_features_and_tokenizer_labels_of_the_seed_systems():
     from types import SimpleNamespace
 
     from genrec.report import describe_features
-    from genrec.tokenizer.features import NpyFeatures
+    from genrec.features import NpyFeatures
 
     def artifact(sources, **config):
         return SimpleNamespace(config={"method": "rq-vae", "hparams": {"levels": 3, "codebook_size": 128},
                                        "data": {"sources": sources}, **config}, path="tokenizers/x")
 
+    def catalogue(semantic_ids, inputs=(), **datamodule):
+        return SimpleNamespace(catalogue=SimpleNamespace(semantic_ids=semantic_ids, input_artifacts=inputs), **datamodule)
+
     graph = [{"type": "GraphFeatures", "sources": [{"type": "TextEmbeddings"}]}]
-    mmgrec = SimpleNamespace(semantic_ids=artifact(graph, collision="extra_code", collision_order="popularity"))
+    mmgrec = catalogue(artifact(graph, collision="extra_code", collision_order="popularity"))
     assert describe_features(mmgrec) == ("graph(text)", "rq-vae 3x128 + extra_code by popularity (tokenizers/x)")
     sasrec = [{"type": "NpyFeatures", "path": "runs/sasrec-beauty/item_embeddings.npy"}]
-    mscgrec = SimpleNamespace(semantic_ids=artifact(sasrec), input_ids=[artifact([{"type": "TextEmbeddings"}])])
+    mscgrec = catalogue(artifact(sasrec), inputs=[artifact([{"type": "TextEmbeddings"}])])
     assert describe_features(mscgrec)[0] == "sasrec | input: text"
     # ColaRec's content sources, as the CLI passes them (dicts) and as objects.
-    cli_source = {"class_path": "genrec.tokenizer.features.TextEmbeddings", "init_args": {}}
+    cli_source = {"class_path": "genrec.features.source.TextEmbeddings", "init_args": {}}
     for content in ([cli_source], [NpyFeatures(path="x.npy")]):
-        colarec = SimpleNamespace(semantic_ids=artifact(sasrec), hparams={"content_sources": content})
+        colarec = catalogue(artifact(sasrec), hparams={"content_sources": content})
         assert describe_features(colarec)[0] == "sasrec | content: " + ("text" if content[0] is cli_source else "NpyFeatures")

@@ -67,7 +67,7 @@ def test_each_loss_trains(loss, tmp_path):
     torch.manual_seed(0)
     data = ItemSequenceData(dataset=str(walk(tmp_path)), max_len=5, batch_size=108)
     data.setup("fit")
-    batch = data.batches["train"][list(range(108))]
+    batch = data.parts["train"][list(range(108))]
     model = SASRecRecommender(n_items=N_ITEMS, max_len=5, arch=SASRecArchitecture(d_model=16, dropout=0.0),
                               loss=loss, negatives=8)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
@@ -108,7 +108,7 @@ def test_learns_deterministic_rule_and_exports_aligned_embeddings(tmp_path):
     # Row i is dense item i: as input (a one-item history embeds row i) and as output (ranking by h @ rows).
     for i in (0, 13, N_ITEMS - 1):
         np.testing.assert_array_equal(model.model.item_embedding(torch.tensor([i + 1]))[0].detach().numpy(), exported[i])
-    history = cli.datamodule.batches["test"][list(range(20))]["history"]
+    history = cli.datamodule.parts["test"][list(range(20))]["history"]
     with torch.no_grad():
         scores = model.model(history)[:, -1] @ torch.from_numpy(exported).T
     assert torch.equal(scores.topk(20).indices, model.recommend(history))

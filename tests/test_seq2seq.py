@@ -6,52 +6,17 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from lightning.pytorch import Callback
 
 from genrec.cli import main
+from genrec.data.loading import BatchShards
 from genrec.metrics import list_errors, ranking_metrics
 from genrec.seq2seq.data import SemanticIdData
 from genrec.seq2seq.module import GenerativeRecommender, T5Architecture
-from genrec.tokenizer.artifact import save_tokenizer
-from tests.conftest import write_sequences_dataset
-
-ROOT = Path(__file__).resolve().parents[1]
-N_ITEMS = 27
-
-
-def synthetic(tmp_path: Path, *, users: int = 108, length: int = 8) -> tuple[Path, Path]:
-    """Users walk the catalogue in steps of +1 (mod 27) from different starts: the next item is a function of the
-    last one. Codes are the base-3 digits of the item index, plus a constant collision level."""
-    lines = [f"{u + 1} " + " ".join(str((u + t) % N_ITEMS + 1) for t in range(length)) for u in range(users)]
-    dataset = write_sequences_dataset(tmp_path / "walk", lines)
-    i = torch.arange(N_ITEMS)
-    codes = torch.stack([i // 9, (i // 3) % 3, i % 3, torch.zeros_like(i)], dim=1)
-    tokenizer = save_tokenizer(
-        tmp_path / "walk-tokenizer", codes=codes, level_sizes=(3, 3, 3, 1), codebooks=None, config={"synthetic": True},
-        metrics={}, fingerprint="synthetic", plot=False,
-    )
-    return dataset, tokenizer
-
-
-def cli_args(dataset: Path, tokenizer: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "--model=genrec.seq2seq.module.GenerativeRecommender",
-        "--model.arch.d_model=32", "--model.arch.encoder_layers=2", "--model.arch.decoder_layers=2",
-        "--model.arch.num_heads=2", "--model.arch.d_kv=16", "--model.arch.d_ff=64", "--model.arch.dropout=0.0",
-        "--model.lr=0.005", "--model.warmup_steps=20", "--model.beam_width=20", "--model.top_k=20",
-        "--data=genrec.seq2seq.data.SemanticIdData",
-        f"--data.dataset={dataset}", f"--data.tokenizer={tokenizer}", "--data.max_len=5",
-        "--data.batch_size=64", "--data.eval_batch_size=64",
-        "--trainer.logger=false", "--trainer.accelerator=cpu", "--trainer.devices=1",
-        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-        f"--trainer.default_root_dir={out}", "--seed_everything=0",
-        *extra,
-    ]
-
+from tests.conftest import N_ITEMS, ROOT, cli_args, synthetic, write_sequences_dataset
 
 def test_metrics_by_hand():
     items = torch.tensor([[3, 1, 2] + [9] * 17, [5, 6, 7] + [8] * 17, [0, 1, 4] + list(range(10, 27))])
@@ -107,21 +72,15 @@ def test_datamodule_rejects_mismatched_tokenizer(tmp_path):
     other = write_sequences_dataset(tmp_path / "other", ["1 1 2 3"])
     with pytest.raises(ValueError, match="has 27 items but dataset .* has 3"):
         SemanticIdData(dataset=str(other), tokenizer=str(tokenizer))
-    with pytest.raises(FileNotFoundError, match="does not exist and no tokenizer_config"):
+    with pytest.raises(FileNotFoundError, match="does not exist: fit it first"):
         SemanticIdData(dataset=str(dataset), tokenizer=str(tmp_path / "missing"))
 
 
-def test_learns_deterministic_rule_and_decodes_only_valid_items(tmp_path, capsys):
-    dataset, tokenizer = synthetic(tmp_path)
-    cli = main(
-        ["fit", *cli_args(dataset, tokenizer, tmp_path / "run", "--trainer.max_steps=300",
-                          "--trainer.check_val_every_n_epoch=10", "--test_after_fit=true", "--examples=2")]
-    )
-    metrics = cli.trainer.callback_metrics
+def test_learns_deterministic_rule_and_decodes_only_valid_items(trained_walk):
+    metrics = trained_walk.metrics
     assert metrics["test/recall@1"] >= 0.9
-    assert metrics["test/invalid"] == 0 and metrics["test/repeated"] == 0
     assert metrics["test/recall@20"] == 1.0  # every list holds 20 distinct real items, the target among them
-    out = capsys.readouterr().out
+    out = trained_walk.stdout
     assert "recommended:" in out and "next item (held out)" in out
     assert json.loads([line for line in out.splitlines() if line.startswith('{"test/')][0])["test/recall@1"] >= 0.9
 
@@ -152,9 +111,10 @@ def test_checkpoint_resume_reaches_the_same_result(tmp_path):
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
     # A checkpoint carries its catalogue: it decodes with no datamodule.
     model = GenerativeRecommender.load_from_checkpoint(ckpts[0], map_location="cpu")
-    assert torch.equal(model.item_codes, full.datamodule.item_codes)
+    assert torch.equal(model.item_codes, full.datamodule.catalogue.item_codes)
 
 
+@pytest.mark.slow  # a subprocess pair starting Lightning: ~13 s; the sharding itself is tested in-process below
 def test_ddp_two_cpu_processes(tmp_path):
     dataset, tokenizer = synthetic(tmp_path, users=40)
     args = cli_args(dataset, tokenizer, tmp_path / "ddp", "--trainer.max_epochs=2", "--test_after_fit=true",
@@ -169,3 +129,20 @@ def test_ddp_two_cpu_processes(tmp_path):
     # Every one of the 40 test users is counted once: recall@20 is an exact multiple of 1/40.
     assert abs(metrics["test/recall@20"] * 40 - round(metrics["test/recall@20"] * 40)) < 1e-4
 
+
+@pytest.mark.parametrize("n", [7, 40])
+def test_batch_shards_split_evaluation_rows_exactly_once_and_training_evenly(n):
+    """The in-process twin of the DDP test: what two ranks would each load."""
+    evaluation, training = [], []
+    for rank in (0, 1):
+        shards = BatchShards(n, batch_size=3, shuffle=False)
+        shards.num_replicas, shards.rank = 2, rank
+        evaluation.append([row for batch in shards for row in batch])
+        assert len(list(shards)) == len(shards)
+        shards = BatchShards(n, batch_size=3, shuffle=True)
+        shards.num_replicas, shards.rank = 2, rank
+        shards.set_epoch(1)
+        training.append([row for batch in shards for row in batch])
+        assert len(list(shards)) == len(shards)
+    assert sorted(evaluation[0] + evaluation[1]) == list(range(n))  # every user counted once
+    assert len(training[0]) == len(training[1]) == n // 2 and not set(training[0]) & set(training[1])

@@ -10,17 +10,14 @@ import numpy as np
 import pytest
 import torch
 
+from genrec.features import NpyFeatures, TextEmbeddings, feature_fingerprint, fuse_features
 from genrec.tokenizer import (
     RQVAE,
-    NpyFeatures,
     ResidualKMeans,
-    TextEmbeddings,
     append_collision_code,
     assert_unique,
     collision_stats,
     decode_codes,
-    feature_fingerprint,
-    fuse_features,
     load_tokenizer,
     reassign_last_level,
     resolve_collisions,

@@ -17,7 +17,7 @@ def test_there_are_tokenizer_configs():
 def test_tokenizer_config_instantiates(config, tmp_path):
     from genrec.cli import main
     from genrec.tokenizer.datamodule import ItemFeatures
-    from genrec.tokenizer.features import FeatureSource
+    from genrec.features import FeatureSource
     from genrec.tokenizer.lightning import ConstrainedKMeansTokenizer, RQKMeansTokenizer, RQVAETokenizer
 
     # Through train.py's own CLI, so its argument links are exercised too; nothing is loaded or fitted.

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import logging
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from genrec.data import load_dataset, leave_one_out
-from genrec.data.split import PAD_ITEM
-from genrec.seq2seq.data import TokenBatches, batch_loader
+from genrec.data.loading import SplitDataModule, TokenBatches
+from genrec.data.split import PAD_ITEM, training_part
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +36,7 @@ def training_rows(sequences: list[np.ndarray], *, max_len: int) -> dict[str, tor
     """
     users, inputs, labels = [], [], []
     for u, seq in enumerate(sequences):
-        train = seq[:-2][-(max_len + 1) :]  # leave-one-out: the last two items are validation and test targets
+        train = training_part(seq)[-(max_len + 1) :]  # leave-one-out: without the validation and test targets
         if len(train) < 2:
             continue
         row_in = np.full(max_len, PAD_ITEM, dtype=np.int64)
@@ -58,7 +56,7 @@ def training_rows(sequences: list[np.ndarray], *, max_len: int) -> dict[str, tor
     }
 
 
-class ItemSequenceData(pl.LightningDataModule):
+class ItemSequenceData(SplitDataModule):
     """Leave-one-out samples of a dataset as dense item indices, for SASRec-style models.
 
     Batches are dicts: training ``input``/``labels`` (b, max_len); evaluation ``history`` (b, max_len) left-padded
@@ -86,7 +84,6 @@ class ItemSequenceData(pl.LightningDataModule):
             raise ValueError(f"max_len must be >= 1, got {max_len}")
         self.save_hyperparameters()
         self.dataset = load_dataset(dataset)
-        self.batches: dict[str, TokenBatches] = {}
 
     # Read by the CLI's argument links (see genrec/cli.py): the model's shape derives from the data.
     @property
@@ -98,29 +95,17 @@ class ItemSequenceData(pl.LightningDataModule):
         return self.hparams.max_len
 
     def setup(self, stage: str | None = None) -> None:
-        if self.batches:
+        if self.parts:
             return
         split = leave_one_out(self.dataset, max_len=self.hparams.max_len)
-        self.batches["train"] = TokenBatches(training_rows(self.dataset.sequences, max_len=self.hparams.max_len))
+        self.parts["train"] = TokenBatches(training_rows(self.dataset.sequences, max_len=self.hparams.max_len))
         for part in ("valid", "test"):
             samples = getattr(split, part)
-            self.batches[part] = TokenBatches(
+            self.parts[part] = TokenBatches(
                 {
                     "users": torch.from_numpy(samples.users),
                     "history": torch.from_numpy(samples.history),
                     "target": torch.from_numpy(samples.target),
                 }
             )
-        log.info("rows: %s", {k: len(v) for k, v in self.batches.items()})
-
-    def _loader(self, part: str, *, shuffle: bool, batch_size: int) -> DataLoader:
-        return batch_loader(self.batches[part], batch_size=batch_size, shuffle=shuffle, num_workers=self.hparams.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True, batch_size=self.hparams.batch_size)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("valid", shuffle=False, batch_size=self.hparams.eval_batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False, batch_size=self.hparams.eval_batch_size)
+        log.info("rows: %s", {k: len(v) for k, v in self.parts.items()})

@@ -305,7 +305,7 @@ def export_item_embeddings(ckpt_path: str | Path, out_path: str | Path) -> Path:
     """Writes the (n_items, d) item embedding table of a SASRec checkpoint to ``out_path`` (.npy, float32).
 
     Row ``i`` is dense item ``i`` (the padding row is dropped), ready for
-    ``genrec.tokenizer.features.NpyFeatures(path=out_path)``.
+    ``genrec.features.NpyFeatures(path=out_path)``.
     """
     model = SASRecRecommender.load_from_checkpoint(ckpt_path, map_location="cpu")
     return save_embeddings(model.model.item_vectors(), out_path)

@@ -1,4 +1,4 @@
-"""Datasets, formats, the leave-one-out protocol and item features."""
+"""Datasets, formats and the leave-one-out protocol (item features: ``genrec.features``)."""
 
 from genrec.data.dataset import BUNDLED, SequenceDataset, load_dataset, resolve
 from genrec.data.formats import DataFormatError

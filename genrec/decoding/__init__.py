@@ -1,6 +1,6 @@
-"""Prefix index and constrained beam search over semantic IDs (pure tensor functions)."""
+"""Prefix index and constrained beam search over semantic IDs, for any model behind a :class:`DecoderStep`."""
 
-from genrec.decoding.beam_search import BeamSearchOutput, beam_search, score_items
+from genrec.decoding.beam_search import BeamSearchOutput, DecoderStep, beam_search
 from genrec.decoding.prefix_index import PrefixIndex
 
-__all__ = ["BeamSearchOutput", "PrefixIndex", "beam_search", "score_items"]
+__all__ = ["BeamSearchOutput", "DecoderStep", "PrefixIndex", "beam_search"]

@@ -35,6 +35,28 @@ class _Csr:
     max_fanout: int
 
 
+def _checked_codes(codes: torch.Tensor, level_sizes: tuple[int, ...]) -> torch.Tensor:
+    """``codes`` as (n_items, l) int64 on the CPU, or a ValueError naming the first bad item and level."""
+    codes = torch.as_tensor(codes)
+    if codes.dim() != 2 or codes.shape[1] != len(level_sizes) or codes.shape[0] == 0:
+        raise ValueError(
+            f"codes must be a non-empty (n_items, {len(level_sizes)}) tensor for level_sizes={level_sizes}, "
+            f"got shape {tuple(codes.shape)}"
+        )
+    if codes.dtype.is_floating_point or codes.dtype == torch.bool:
+        raise ValueError(f"codes must be an integer tensor, got {codes.dtype}")
+    codes = codes.detach().to("cpu", torch.long)
+    sizes = torch.tensor(level_sizes)
+    bad = (codes < 0) | (codes >= sizes)
+    if bad.any():
+        item, level = (int(x) for x in bad.nonzero()[0])
+        raise ValueError(
+            f"code out of range: item {item} has code {int(codes[item, level])} on level {level}, "
+            f"expected [0, {level_sizes[level]}); {int(bad.any(1).sum())} item(s) affected"
+        )
+    return codes
+
+
 class PrefixIndex:
     """Per-level child tables of the catalogue's code trie.
 
@@ -58,25 +80,9 @@ class PrefixIndex:
         layout: Layout | None = None,
     ) -> None:
         level_sizes = tuple(int(s) for s in level_sizes)
-        codes = torch.as_tensor(codes)
-        if codes.dim() != 2 or codes.shape[1] != len(level_sizes) or codes.shape[0] == 0:
-            raise ValueError(
-                f"codes must be a non-empty (n_items, {len(level_sizes)}) tensor for level_sizes={level_sizes}, "
-                f"got shape {tuple(codes.shape)}"
-            )
-        if codes.dtype.is_floating_point or codes.dtype == torch.bool:
-            raise ValueError(f"codes must be an integer tensor, got {codes.dtype}")
         if layout not in (None, "dense", "csr"):
             raise ValueError(f"layout must be None, 'dense' or 'csr', got {layout!r}")
-        codes = codes.detach().to("cpu", torch.long)
-        sizes = torch.tensor(level_sizes)
-        bad = (codes < 0) | (codes >= sizes)
-        if bad.any():
-            item, level = (int(x) for x in bad.nonzero()[0])
-            raise ValueError(
-                f"code out of range: item {item} has code {int(codes[item, level])} on level {level}, "
-                f"expected [0, {level_sizes[level]}); {int(bad.any(1).sum())} item(s) affected"
-            )
+        codes = _checked_codes(codes, level_sizes)
 
         self.level_sizes = level_sizes
         self.n_items = codes.shape[0]

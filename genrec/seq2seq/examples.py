@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from genrec.data.embeddings import item_texts
+from genrec.features.text import item_texts
 
 
 def _label(dataset, index: int, texts: list[str] | None) -> str:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from genrec.data import SequenceDataset, load_dataset
-from genrec.data.embeddings import item_texts
+from genrec.features.text import item_texts
 from genrec.data.split import PAD_ITEM
 from genrec.decoding import BeamSearchOutput
 from genrec.seq2seq.data import encode_histories

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Literal
 
 import lightning.pytorch as pl
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
-from genrec.decoding import PrefixIndex, beam_search
-from genrec.decoding.beam_search import BeamSearchOutput
+from genrec.decoding import BeamSearchOutput, PrefixIndex
 from genrec.metrics import NDCG_KS, RECALL_KS
+from genrec.seq2seq.catalogue import Catalogue, item_token_table
+from genrec.seq2seq.data import SemanticIdData
+from genrec.seq2seq.encoders import EncoderOutput, HistoryEncoder, build_encoder
 from genrec.seq2seq.losses import constrained_cross_entropy
+from genrec.seq2seq.t5_step import t5_beam_search
 from genrec.seq2seq.vocab import EOS_ID, PAD_ID, CodeVocab
 from genrec.training import RankingEvaluator, adamw_warmup_cosine
 
@@ -58,29 +61,26 @@ def build_t5(vocab: CodeVocab, arch: T5Architecture) -> T5ForConditionalGenerati
     return T5ForConditionalGeneration(config)
 
 
-Encoder = Literal["t5", "relation_aware"]
-
-
 class GenerativeRecommender(pl.LightningModule):
     """Trains T5 to generate the next item's semantic ID and evaluates with constrained beam search.
 
     The vocabulary (``level_sizes``, ``n_user_buckets``, ``input_level_sizes``) is linked from the datamodule by the
-    CLI; the catalogue's codes come from the datamodule at setup and are stored in checkpoints, so a checkpoint
-    decodes on its own.
+    CLI; the catalogue comes from the datamodule at setup (:class:`genrec.seq2seq.catalogue.Catalogue`) and its
+    codes are stored in checkpoints, so a checkpoint decodes on its own.
 
-    This class is TIGER, and the shared frame of the other systems: they change what the encoder reads
-    (:meth:`encode`) and what training adds to the generation loss (:meth:`training_losses`); the mechanisms below
-    are switched by configuration, on any of them.
+    Every generative system is this class plus a :class:`genrec.seq2seq.encoders.HistoryEncoder`, which says what
+    the encoder reads and what training adds to the generation loss (TIGER by default; MMGRec, MSCGRec, ColaRec
+    by choosing theirs in YAML). The constrained softmax is a switch that works with any of them.
 
     Args:
         level_sizes: codes per level of the tokenizer artifact (collision level included).
         n_user_buckets: hashed user tokens in the vocabulary (0: none).
         input_level_sizes: level sizes of each input-only modality (MSCGRec; linked from the datamodule).
-        n_items: catalogue size, linked from the datamodule (read by systems with per-item parameters).
-        max_len: history length in items, linked from the datamodule (read by systems with item positions).
+        n_items: catalogue size, linked from the datamodule (read by encoders with per-item parameters).
+        max_len: history length in items, linked from the datamodule (read by encoders with item positions).
         arch: T5 shape.
-        encoder: ``"t5"``, or ``"relation_aware"`` for MMGRec's position-free, user-gated relation-aware
-            self-attention (:mod:`genrec.seq2seq.relation_attention`) in place of T5's encoder stack.
+        encoder: the system's history encoder (default :class:`~genrec.seq2seq.encoders.TokenHistory`, TIGER); a
+            ``{class_path, init_args}`` dict (as saved in a checkpoint's hyperparameters) is accepted too.
         constrained_softmax: train with the softmax of each step over the valid continuations of the target's
             prefix only, and decode with the same normalisation (MSCGRec; :mod:`genrec.seq2seq.losses`).
         lr: peak AdamW learning rate.
@@ -99,7 +99,7 @@ class GenerativeRecommender(pl.LightningModule):
         n_items: int | None = None,
         max_len: int | None = None,
         arch: T5Architecture | None = None,
-        encoder: Encoder = "t5",
+        encoder: HistoryEncoder | None = None,
         constrained_softmax: bool = False,
         lr: float = 1e-3,
         weight_decay: float = 0.05,
@@ -112,71 +112,67 @@ class GenerativeRecommender(pl.LightningModule):
             raise ValueError(f"beam_width ({beam_width}) must be >= top_k ({top_k})")
         if top_k < max(*RECALL_KS, *NDCG_KS):
             raise ValueError(f"top_k must be >= {max(*RECALL_KS, *NDCG_KS)} to report every metric, got {top_k}")
-        if encoder not in ("t5", "relation_aware"):
-            raise ValueError(f"encoder must be 't5' or 'relation_aware', got {encoder!r}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["encoder"])
         self.vocab = CodeVocab(tuple(level_sizes), n_user_buckets, tuple(tuple(m) for m in input_level_sizes))
-        arch = arch or T5Architecture()
-        self.model = build_t5(self.vocab, arch)
-        if encoder == "relation_aware":
-            from genrec.seq2seq.relation_attention import RelationAwareEncoder
-
-            self.model.encoder = RelationAwareEncoder(
-                embed_tokens=self.model.shared,
-                vocab=self.vocab,
-                num_layers=arch.encoder_layers,
-                num_heads=arch.num_heads,
-                d_kv=arch.d_kv,
-                d_ff=arch.d_ff,
-                dropout=arch.dropout,
-            )
-        self.item_codes: torch.Tensor | None = None
-        self.input_codes: list[torch.Tensor] = []
+        self.model = build_t5(self.vocab, arch or T5Architecture())
+        self.encoder = build_encoder(encoder)
+        # Right after the T5: the encoder's parameters draw from the generator in the same order whoever built it.
+        self.encoder.bind(self.model, self.vocab, n_items=n_items, max_len=max_len)
+        self.hparams["encoder"] = self.encoder.spec()  # a plain dict, so checkpoints load with weights_only
+        self.catalogue: Catalogue | None = None
         self.index: PrefixIndex | None = None
         self.evaluator = RankingEvaluator()
 
     @property
     def system_name(self) -> str:
         """The published system this configuration is, for run records and tables."""
-        return "MMGRec" if self.hparams.encoder == "relation_aware" else "TIGER"
+        return self.encoder.system_name
 
     # --- catalogue ------------------------------------------------------------------------------------------
-    def set_catalogue(self, item_codes: torch.Tensor, input_codes: list[torch.Tensor] | None = None) -> None:
-        """Sets the catalogue's semantic IDs and builds the prefix index over them.
+    @property
+    def item_codes(self) -> torch.Tensor | None:
+        """(n_items, l) int64 semantic IDs of the catalogue, None before :meth:`set_catalogue`."""
+        return None if self.catalogue is None else self.catalogue.item_codes
+
+    def set_catalogue(self, catalogue: Catalogue | torch.Tensor) -> None:
+        """Sets the catalogue, builds the prefix index over its IDs and hands it to the encoder.
 
         Args:
-            item_codes: (n_items, l) int64, the IDs the decoder generates.
-            input_codes: per input-only modality, (n_items, l_m) int64 codes the encoder reads beside the ID.
+            catalogue: the datamodule's :class:`~genrec.seq2seq.catalogue.Catalogue`, or its item codes alone,
+                (n_items, l) int64, for a model that reads nothing else.
         """
-        if item_codes.shape[1] != self.vocab.levels:
-            raise ValueError(f"catalogue codes have {item_codes.shape[1]} levels, the model {self.vocab.levels}")
-        input_codes = list(input_codes or [])
-        if len(input_codes) != len(self.vocab.input_level_sizes):
-            raise ValueError(
-                f"the model reads {len(self.vocab.input_level_sizes)} input modalities, got codes of {len(input_codes)}"
-            )
-        for m, codes in enumerate(input_codes):
-            if codes.shape != (item_codes.shape[0], len(self.vocab.input_level_sizes[m])):
-                raise ValueError(f"input modality {m}: codes of shape {tuple(codes.shape)} for {item_codes.shape[0]} items")
-        self.item_codes = item_codes.long().cpu()
-        self.input_codes = [c.long().cpu() for c in input_codes]
-        self.index = PrefixIndex(self.item_codes, self.vocab.level_sizes).to(self.device)
+        if isinstance(catalogue, torch.Tensor):
+            catalogue = Catalogue(item_codes=catalogue)
+        if catalogue.item_codes.shape[1] != self.vocab.levels:
+            raise ValueError(f"catalogue codes have {catalogue.item_codes.shape[1]} levels, the model {self.vocab.levels}")
+        sizes = self.vocab.input_level_sizes
+        if len(catalogue.input_codes) != len(sizes):
+            raise ValueError(f"the model reads {len(sizes)} input modalities, got codes of {len(catalogue.input_codes)}")
+        for m, codes in enumerate(catalogue.input_codes):
+            if codes.shape[1] != len(sizes[m]):
+                raise ValueError(f"input modality {m}: codes of shape {tuple(codes.shape)}, the model reads {sizes[m]}")
+        self.catalogue = dataclasses.replace(
+            catalogue,
+            item_codes=catalogue.item_codes.long().cpu(),
+            input_codes=tuple(c.long().cpu() for c in catalogue.input_codes),
+        )
+        self.index = PrefixIndex(self.catalogue.item_codes, self.vocab.level_sizes).to(self.device)
+        self.encoder.set_catalogue(self.catalogue, self.token_table())
+        self.hparams["encoder"] = self.encoder.spec()  # encoders may size themselves from the catalogue
 
     def token_table(self) -> torch.Tensor:
         """(n_items + 1, tokens_per_item) encoder tokens of every item, on the model's device (last row: pad)."""
-        from genrec.seq2seq.data import item_token_table
-
-        return item_token_table(self.vocab, self.item_codes, self.input_codes).to(self.device)
+        return item_token_table(self.vocab, self.catalogue.item_codes, self.catalogue.input_codes).to(self.device)
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and hasattr(datamodule, "item_codes"):
-            self.set_catalogue(datamodule.item_codes, [m.codes for m in getattr(datamodule, "input_ids", [])])
+        if isinstance(datamodule, SemanticIdData):
+            self.set_catalogue(datamodule.catalogue)
 
     def on_fit_start(self) -> None:
         if self.index is not None:
             self.index = self.index.to(self.device)
-        semantic_ids = getattr(getattr(self.trainer, "datamodule", None), "semantic_ids", None)
+        semantic_ids = None if self.catalogue is None else self.catalogue.semantic_ids
         if semantic_ids is not None and self.trainer.is_global_zero:
             # The run's record carries the tokenizer it stands on: its metrics, and its plot where the logger
             # takes images (W&B).
@@ -185,22 +181,18 @@ class GenerativeRecommender(pl.LightningModule):
             log_tokenizer(self.trainer.loggers, semantic_ids)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["genrec_item_codes"] = self.item_codes
-        checkpoint["genrec_input_codes"] = self.input_codes
+        checkpoint["genrec_item_codes"] = self.catalogue.item_codes
+        checkpoint["genrec_input_codes"] = list(self.catalogue.input_codes)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if checkpoint.get("genrec_item_codes") is not None:
-            self.set_catalogue(checkpoint["genrec_item_codes"], checkpoint.get("genrec_input_codes"))
+            codes = checkpoint["genrec_item_codes"]
+            self.set_catalogue(Catalogue(item_codes=codes, input_codes=tuple(checkpoint.get("genrec_input_codes") or ())))
 
     # --- the parts a system changes ---------------------------------------------------------------------------
-    def encode(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encoder states of a batch's histories.
-
-        Returns:
-            ``hidden`` (b, n, d) float and ``mask`` (b, n) int64, 1 for real positions.
-        """
-        mask = batch["attention_mask"]
-        return self.model.encoder(input_ids=batch["input_ids"], attention_mask=mask).last_hidden_state, mask
+    def encode(self, batch: dict) -> EncoderOutput:
+        """Encoder states ``hidden`` (b, n, d) and ``mask`` (b, n) of a batch's histories (the system's encoder)."""
+        return self.encoder(self.model, batch)
 
     def generation_loss(self, hidden: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Teacher-forced cross-entropy of the target IDs ``labels`` (b, l) given encoder states (b, n, d)."""
@@ -215,9 +207,8 @@ class GenerativeRecommender(pl.LightningModule):
         return constrained_cross_entropy(logits, labels, self.index, self.vocab)
 
     def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
-        """The loss to optimise under ``"loss"``, and any parts worth logging."""
-        hidden, mask = self.encode(batch)
-        return {"loss": self.generation_loss(hidden, mask, batch["labels"])}
+        """The loss to optimise under ``"loss"``, and any parts worth logging (the system's encoder decides)."""
+        return self.encoder.losses(self.model, batch, self.encode(batch), self.generation_loss)
 
     # --- training -------------------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -247,7 +238,7 @@ class GenerativeRecommender(pl.LightningModule):
         if self.index is None:
             raise RuntimeError("no catalogue: call set_catalogue(item_codes) or load a checkpoint that has one")
         hidden, mask = self.encode(batch)
-        return beam_search(
+        return t5_beam_search(
             self.model,
             None,
             mask,
@@ -260,7 +251,7 @@ class GenerativeRecommender(pl.LightningModule):
         )
 
     def recommend(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, top_k: int | None = None):
-        """Constrained beam search: the top-K catalogue items per user (see :func:`genrec.decoding.beam_search`)."""
+        """Top-K catalogue items per user by constrained beam search (:func:`genrec.seq2seq.t5_step.t5_beam_search`)."""
         return self.recommend_batch({"input_ids": input_ids, "attention_mask": attention_mask}, top_k=top_k)
 
     def _evaluate(self, batch: dict, stage: str) -> None:

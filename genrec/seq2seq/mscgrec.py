@@ -17,40 +17,41 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers import T5ForConditionalGeneration
 
-from genrec.seq2seq.module import GenerativeRecommender
-from genrec.seq2seq.relation_attention import token_roles
+from genrec.seq2seq.encoders import EncoderOutput, HistoryEncoder
+from genrec.seq2seq.vocab import CodeVocab, token_roles
 
 
-class MultimodalRecommender(GenerativeRecommender):
-    """MSCGRec on the shared T5 frame (see the module docstring).
+class MultimodalHistory(HistoryEncoder):
+    """MSCGRec's encoder (see the module docstring); pair it with ``constrained_softmax: true`` as the paper does.
 
     Args:
         modality_dropout: probability that one modality of one history item is hidden in a training sample; an
             item never loses all of its modalities (its generated ID then stays).
-        **kwargs: :class:`GenerativeRecommender` arguments; ``max_len`` (linked from the datamodule) sizes the
-            item position table, ``constrained_softmax`` defaults to True here.
     """
 
-    def __init__(self, *, modality_dropout: float = 0.2, constrained_softmax: bool = True, **kwargs) -> None:
-        super().__init__(constrained_softmax=constrained_softmax, **kwargs)
+    system_name = "MSCGRec"
+
+    def __init__(self, *, modality_dropout: float = 0.2) -> None:
+        super().__init__(modality_dropout=modality_dropout)
         if not 0.0 <= modality_dropout < 1.0:
             raise ValueError(f"modality_dropout must be in [0, 1), got {modality_dropout}")
-        if self.hparams.max_len is None:
-            raise ValueError("MultimodalRecommender needs max_len (linked from the datamodule by the CLI)")
-        d = self.model.config.d_model
-        self.item_position = nn.Embedding(self.hparams.max_len, d)
-        self.code_position = nn.Embedding(self.vocab.tokens_per_item, d)
+        self.modality_dropout = modality_dropout
+
+    def bind(self, t5: T5ForConditionalGeneration, vocab: CodeVocab, *, n_items: int | None, max_len: int | None) -> None:
+        if max_len is None:
+            raise ValueError("MultimodalHistory needs max_len (linked from the datamodule by the CLI)")
+        self.vocab, self.max_len = vocab, max_len
+        d = t5.config.d_model
+        self.item_position = nn.Embedding(max_len, d)
+        self.code_position = nn.Embedding(vocab.tokens_per_item, d)
         nn.init.normal_(self.item_position.weight, std=0.02)
         nn.init.normal_(self.code_position.weight, std=0.02)
         # Modality of each code position: 0 for the generated ID, then one per input-only modality.
-        sizes = [self.vocab.levels] + [len(m) for m in self.vocab.input_level_sizes]
+        sizes = [vocab.levels] + [len(m) for m in vocab.input_level_sizes]
         modality = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
         self.register_buffer("code_modality", modality, persistent=False)
-
-    @property
-    def system_name(self) -> str:
-        return "MSCGRec"
 
     @property
     def n_modalities(self) -> int:
@@ -60,18 +61,18 @@ class MultimodalRecommender(GenerativeRecommender):
         """(b, t) bool, True for tokens kept after hiding random (item, modality) pairs (training only)."""
         b, t = slot.shape
         n_slots = -(-t // self.vocab.tokens_per_item)  # from the shape: no host sync
-        hide = torch.rand(b, n_slots, self.n_modalities, device=slot.device) < self.hparams.modality_dropout
+        hide = torch.rand(b, n_slots, self.n_modalities, device=slot.device) < self.modality_dropout
         hide[..., 0] &= ~hide[..., 1:].all(-1)  # an item keeps at least its generated ID's modality
         modality = self.code_modality[code]  # (b, t)
         return ~hide[torch.arange(b, device=slot.device)[:, None], slot, modality]
 
-    def encode(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, t5: T5ForConditionalGeneration, batch: dict) -> EncoderOutput:
         input_ids, mask = batch["input_ids"], batch["attention_mask"]
         slot, code, user = token_roles(input_ids, self.vocab)
-        slot = slot.clamp(max=self.hparams.max_len - 1)
+        slot = slot.clamp(max=self.max_len - 1)
         positions = self.item_position(slot) + self.code_position(code)
-        x = self.model.shared(input_ids) + positions * (~user)[..., None]  # the user token has no item position
-        if self.training and self.hparams.modality_dropout > 0:
+        x = t5.shared(input_ids) + positions * (~user)[..., None]  # the user token has no item position
+        if self.training and self.modality_dropout > 0:
             mask = mask * (self.modality_mask(slot, code) | user).long()
-        hidden = self.model.encoder(inputs_embeds=x, attention_mask=mask).last_hidden_state
-        return hidden, mask
+        hidden = t5.encoder(inputs_embeds=x, attention_mask=mask).last_hidden_state
+        return EncoderOutput(hidden, mask)

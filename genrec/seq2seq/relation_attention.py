@@ -30,27 +30,7 @@ from einops import rearrange
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutput
 
-from genrec.seq2seq.vocab import CodeVocab
-
-
-def token_roles(input_ids: torch.Tensor, vocab: CodeVocab) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Item slot, code position and user flag of every encoder token.
-
-    Args:
-        input_ids: (b, t) int64 encoder tokens as :func:`genrec.seq2seq.data.encode_histories` lays them out.
-        vocab: the token vocabulary.
-
-    Returns:
-        ``slot`` (b, t) int64 item index counted from the most recent item (0) backwards, ``code`` (b, t) int64
-        position of the token within its item in ``[0, vocab.tokens_per_item)``, ``user`` (b, t) bool user tokens.
-    """
-    t = input_ids.shape[1]
-    per_item = vocab.tokens_per_item
-    from_right = torch.arange(t - 1, -1, -1, device=input_ids.device)  # (t,)
-    slot = (from_right // per_item).expand_as(input_ids)
-    code = (per_item - 1 - from_right % per_item).expand_as(input_ids)
-    user = (input_ids >= vocab.user_offset) & (input_ids < vocab.user_offset + vocab.n_user_buckets)
-    return slot, code, user
+from genrec.seq2seq.vocab import CodeVocab, token_roles
 
 
 def relation_classes(slot: torch.Tensor, code: torch.Tensor, user: torch.Tensor, per_item: int) -> torch.Tensor:

@@ -115,3 +115,24 @@ class CodeVocab:
         if self.n_user_buckets == 0:
             raise ValueError("this vocabulary has no user buckets (n_user_buckets=0)")
         return self.user_offset + torch.remainder(user_index.long(), self.n_user_buckets)
+
+
+def token_roles(input_ids: torch.Tensor, vocab: CodeVocab) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Item slot, code position and user flag of every encoder token.
+
+    Args:
+        input_ids: (b, t) int64 encoder tokens as :func:`genrec.seq2seq.data.encode_histories` lays them out:
+            an optional user token first, then items in blocks of ``vocab.tokens_per_item`` aligned from the right.
+        vocab: the token vocabulary.
+
+    Returns:
+        ``slot`` (b, t) int64 item index counted from the most recent item (0) backwards, ``code`` (b, t) int64
+        position of the token within its item in ``[0, vocab.tokens_per_item)``, ``user`` (b, t) bool user tokens.
+    """
+    t = input_ids.shape[1]
+    per_item = vocab.tokens_per_item
+    from_right = torch.arange(t - 1, -1, -1, device=input_ids.device)  # (t,)
+    slot = (from_right // per_item).expand_as(input_ids)
+    code = (per_item - 1 - from_right % per_item).expand_as(input_ids)
+    user = (input_ids >= vocab.user_offset) & (input_ids < vocab.user_offset + vocab.n_user_buckets)
+    return slot, code, user

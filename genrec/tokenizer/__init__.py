@@ -1,6 +1,6 @@
 """Item tokenizers: item feature vectors -> unique semantic IDs (tuples of codes).
 
-Pipeline: feature sources (``features``) -> RQ-KMeans (``rq_kmeans``) or RQ-VAE (``rqvae``) -> collision handling
+Pipeline: feature sources (``genrec.features``) -> RQ-KMeans (``rq_kmeans``) or RQ-VAE (``rqvae``) -> collision handling
 (``collisions``) -> artifact ``tokenizers/<name>/`` (``artifact``), read back with :func:`load_tokenizer`.
 
 The Lightning pieces (``genrec.tokenizer.lightning.RQKMeansTokenizer`` / ``RQVAETokenizer`` and
@@ -8,7 +8,7 @@ The Lightning pieces (``genrec.tokenizer.lightning.RQKMeansTokenizer`` / ``RQVAE
 Batched k-means lives in ``genrec.tokenizer.kmeans`` (not re-exported: the function would shadow the module name).
 """
 
-from genrec.tokenizer.artifact import SemanticIds, feature_fingerprint, load_tokenizer, save_tokenizer
+from genrec.tokenizer.artifact import SemanticIds, load_tokenizer, save_tokenizer
 from genrec.tokenizer.collisions import (
     CollisionOrder,
     CollisionStats,
@@ -19,14 +19,6 @@ from genrec.tokenizer.collisions import (
     reassign_last_level,
     resolve_collisions,
 )
-from genrec.tokenizer.features import (
-    FeatureSource,
-    NpyFeatures,
-    TextEmbeddings,
-    fuse_features,
-    load_features,
-    normalize_features,
-)
 from genrec.tokenizer.residual import Quantization, decode_codes, residual_quantize
 from genrec.tokenizer.rq_kmeans import ResidualKMeans
 from genrec.tokenizer.rqvae import RQVAE, RQVAEOutput
@@ -36,22 +28,15 @@ __all__ = [
     "CollisionOrder",
     "CollisionStats",
     "CollisionStrategy",
-    "FeatureSource",
-    "NpyFeatures",
     "Quantization",
     "RQVAEOutput",
     "ResidualKMeans",
     "SemanticIds",
-    "TextEmbeddings",
     "append_collision_code",
     "assert_unique",
     "collision_stats",
     "decode_codes",
-    "feature_fingerprint",
-    "fuse_features",
-    "load_features",
     "load_tokenizer",
-    "normalize_features",
     "reassign_last_level",
     "resolve_collisions",
     "residual_quantize",

@@ -12,7 +12,6 @@ Layout (see tokenizers/README.md)::
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from genrec.features import feature_fingerprint
 from genrec.tokenizer.collisions import assert_unique
 
 CODES_FILE = "codes.npy"
@@ -29,19 +29,6 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 FINGERPRINT_FILE = "fingerprint.json"
 PLOT_FILE = "items_per_code.png"
-
-
-def feature_fingerprint(features: Tensor) -> str:
-    """sha256 hex digest of a feature matrix: its shape, then its float32 C-order bytes.
-
-    Args:
-        features: (n, d) float.
-    """
-    array = np.ascontiguousarray(features.detach().cpu().float().numpy())
-    h = hashlib.sha256()
-    h.update(json.dumps(list(array.shape)).encode())
-    h.update(array.tobytes())
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -103,7 +90,7 @@ def save_tokenizer(
         codebooks: (l, k, d) float, or None.
         config: JSON-able description of what produced the codes.
         metrics: JSON-able metrics.
-        fingerprint: :func:`feature_fingerprint` of the input features.
+        fingerprint: ``genrec.features.feature_fingerprint`` of the input features.
         plot: also write items_per_code.png.
 
     Returns:

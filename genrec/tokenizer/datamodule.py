@@ -6,7 +6,7 @@ import lightning.pytorch as pl
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from genrec.tokenizer.features import FeatureSource, TextEmbeddings, check_finite, load_features
+from genrec.features import FeatureSource, TextEmbeddings, check_finite, load_features
 
 
 class ItemFeatures(pl.LightningDataModule):
@@ -14,7 +14,7 @@ class ItemFeatures(pl.LightningDataModule):
 
     Args:
         dataset: dataset name (e.g. ``amazon-beauty``) or folder, passed to each feature source.
-        sources: feature sources, fused as ``genrec.tokenizer.features`` describes; default: text embeddings.
+        sources: feature sources, fused as ``genrec.features.source`` describes; default: text embeddings.
         batch_size: rows per batch; None for the whole catalogue in one batch (what RQ-KMeans needs).
         num_workers: DataLoader workers (rows are in memory; 0 is right almost always).
         features: (n_items, d) float, a precomputed matrix used instead of ``sources`` (tests, notebooks).

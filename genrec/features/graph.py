@@ -3,7 +3,7 @@
 
 A GraphSAGE network (Hamilton et al., 2017; mean aggregator) runs over the bipartite graph of the training
 interactions: item nodes start from a linear projection of the items' fused modality features (any
-:class:`~genrec.tokenizer.features.FeatureSource`), user nodes from learned embeddings. It is trained with BPR, and
+:class:`~genrec.features.source.FeatureSource`), user nodes from learned embeddings. It is trained with BPR, and
 its item outputs become one more feature source (:class:`GraphFeatures`) that an RQ-VAE quantizes. The two stages
 run one after the other (encoder first, then the tokenizer on its frozen outputs), so every tokenizer and collision
 strategy of ``genrec.tokenizer`` works on them unchanged.
@@ -11,6 +11,9 @@ strategy of ``genrec.tokenizer`` works on them unchanged.
 Only the training part of each sequence is a graph edge (``genrec.data.split.training_part``): the validation and
 test items never reach the features. Items with no training interaction keep a content-only representation (their
 neighbourhood mean is zero), so cold items still get a meaningful vector.
+
+The network itself (:class:`~genrec.features.sage.GraphSAGE`) and the graph's mean operators live in
+``genrec.features.sage``; this module builds the graph from a dataset, trains the encoder and caches its outputs.
 """
 
 from __future__ import annotations
@@ -26,66 +29,18 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from genrec.data.dataset import SequenceDataset, dataset_name, load_dataset
-from genrec.data.embeddings import cache_root
-from genrec.data.split import training_interactions
-from genrec.tokenizer.artifact import feature_fingerprint
-from genrec.tokenizer.features import FeatureSource, Normalization, check_finite, load_features
+from genrec.data.split import leave_one_out, training_interactions
+from genrec.features.cache import cache_path, load_cached, save_cached
+from genrec.features.sage import BipartiteGraph, GraphSAGE
+from genrec.features.source import FeatureSource, Normalization, check_finite, feature_fingerprint, load_features
 from genrec.training import bpr_loss
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1  # bump when the training procedure changes, so old cache entries are not served
-
-
-@dataclass(frozen=True)
-class BipartiteGraph:
-    """Distinct (user, item) edges of a user-item graph.
-
-    Attributes:
-        n_users: number of user nodes.
-        n_items: number of item nodes.
-        users: (e,) int64 in [0, n_users).
-        items: (e,) int64 in [0, n_items); edge t joins ``users[t]`` and ``items[t]``.
-    """
-
-    n_users: int
-    n_items: int
-    users: Tensor
-    items: Tensor
-
-    @property
-    def n_edges(self) -> int:
-        return self.users.numel()
-
-    def mean_operators(self) -> tuple[Tensor, Tensor]:
-        """Sparse row-normalised adjacencies: ``user_mean`` (n_users, n_items) and ``item_mean`` (n_items, n_users).
-
-        ``user_mean @ h_items`` is each user's mean over its items (a zero row for a user with none), and likewise
-        for ``item_mean``.
-        """
-        ones = torch.ones(self.n_edges)
-        user_degree = torch.zeros(self.n_users).index_add_(0, self.users, ones)
-        item_degree = torch.zeros(self.n_items).index_add_(0, self.items, ones)
-        user_mean = torch.sparse_coo_tensor(
-            torch.stack([self.users, self.items]), 1 / user_degree[self.users], (self.n_users, self.n_items),
-            check_invariants=True,
-        ).coalesce()
-        item_mean = torch.sparse_coo_tensor(
-            torch.stack([self.items, self.users]), 1 / item_degree[self.items], (self.n_items, self.n_users),
-            check_invariants=True,
-        ).coalesce()
-        return user_mean, item_mean
-
-    def fingerprint(self) -> str:
-        """sha256 of the node counts and the edges, for cache keys."""
-        h = hashlib.sha256(json.dumps([self.n_users, self.n_items]).encode())
-        h.update(self.users.numpy().tobytes())
-        h.update(self.items.numpy().tobytes())
-        return h.hexdigest()
 
 
 def training_graph(dataset: SequenceDataset) -> BipartiteGraph:
@@ -101,80 +56,6 @@ def training_graph(dataset: SequenceDataset) -> BipartiteGraph:
         users=torch.from_numpy(pairs // dataset.n_items),
         items=torch.from_numpy(pairs % dataset.n_items),
     )
-
-
-class SAGELayer(nn.Module):
-    """One bipartite GraphSAGE layer with the mean aggregator, before its activation:
-    ``h_u' = W_user [h_u ; mean_{i ~ u} h_i]`` and ``h_i' = W_item [h_i ; mean_{u ~ i} h_u]``.
-
-    Users and items are different kinds of node, so each side has its own weights.
-    """
-
-    def __init__(self, dim_in: int, dim_out: int) -> None:
-        super().__init__()
-        self.user = nn.Linear(2 * dim_in, dim_out)
-        self.item = nn.Linear(2 * dim_in, dim_out)
-
-    def forward(self, users: Tensor, items: Tensor, user_mean: Tensor, item_mean: Tensor) -> tuple[Tensor, Tensor]:
-        """
-        Args:
-            users: (n_users, d_in) float.
-            items: (n_items, d_in) float.
-            user_mean, item_mean: the sparse operators of :meth:`BipartiteGraph.mean_operators`.
-
-        Returns:
-            (n_users, d_out) and (n_items, d_out), both from the *input* states (a synchronous update).
-        """
-        new_users = self.user(torch.cat([users, torch.sparse.mm(user_mean, items)], dim=1))
-        new_items = self.item(torch.cat([items, torch.sparse.mm(item_mean, users)], dim=1))
-        return new_users, new_items
-
-
-class GraphSAGE(nn.Module):
-    """Item and user representations from a bipartite graph and item content.
-
-    Item nodes enter as a linear projection of their features, user nodes as learned embeddings; ``layers`` SAGE
-    layers follow, with LeakyReLU between them but not after the last, and the outputs are L2-normalised.
-
-    Why normalise: BPR on raw dot products lets the norm soak up popularity, and the tokenizer's input would then
-    mix "how popular" with "what it is like"; the default per-source L2 normalisation downstream would discard the
-    norm anyway. Training on the unit sphere (cosine / temperature) puts everything the encoder learns into the
-    direction, which is exactly what the RQ-VAE is then given. The last layer stays linear so the outputs can
-    point anywhere on the sphere, not only into the positive orthant.
-
-    Args:
-        n_users: user nodes.
-        input_dim: item feature width.
-        dim: width of every layer and of the output.
-        layers: number of SAGE layers.
-    """
-
-    def __init__(self, *, n_users: int, input_dim: int, dim: int = 64, layers: int = 2) -> None:
-        super().__init__()
-        if min(n_users, input_dim, dim, layers) < 1:
-            raise ValueError(
-                f"n_users, input_dim, dim and layers must be >= 1, got {n_users}, {input_dim}, {dim}, {layers}"
-            )
-        self.item_input = nn.Linear(input_dim, dim)
-        self.user_input = nn.Embedding(n_users, dim)
-        nn.init.normal_(self.user_input.weight, std=dim**-0.5)
-        self.layers = nn.ModuleList(SAGELayer(dim, dim) for _ in range(layers))
-
-    def forward(self, features: Tensor, user_mean: Tensor, item_mean: Tensor) -> tuple[Tensor, Tensor]:
-        """
-        Args:
-            features: (n_items, input_dim) float item content.
-            user_mean, item_mean: the sparse operators of :meth:`BipartiteGraph.mean_operators`.
-
-        Returns:
-            users (n_users, dim) and items (n_items, dim), float, unit rows.
-        """
-        users, items = self.user_input.weight, self.item_input(features)
-        for j, layer in enumerate(self.layers):
-            users, items = layer(users, items, user_mean, item_mean)
-            if j < len(self.layers) - 1:
-                users, items = F.leaky_relu(users, 0.2), F.leaky_relu(items, 0.2)
-        return F.normalize(users, dim=1), F.normalize(items, dim=1)
 
 
 def cosine_bpr_loss(users: Tensor, positives: Tensor, negatives: Tensor, temperature: float) -> Tensor:
@@ -320,7 +201,7 @@ def graph_item_embeddings(
         dataset: bundled name or path.
         features: (n_items, d_in) float item content (e.g. fused text embeddings).
         dim, layers, epochs, batch_size, lr, temperature, seed: see :func:`train_graph_encoder`.
-        cache_dir: cache root (``genrec.data.embeddings.cache_root``).
+        cache_dir: cache root (``genrec.features.cache.cache_root``).
 
     Returns:
         (n_items, dim) float32, unit rows; row i = dense item i.
@@ -342,28 +223,25 @@ def graph_item_embeddings(
             sort_keys=True,
         ).encode()
     ).hexdigest()
-    path = cache_root(cache_dir) / "graph" / f"{dataset_name(dataset)}-sage-{key[:16]}.npy"
-    if path.exists():
+    path = cache_path("graph", dataset=dataset_name(dataset), tag="sage", key=key, cache_dir=cache_dir)
+    cached = load_cached(path)
+    if cached is not None:
         log.info("graph item representations from cache %s", path)
-        return torch.from_numpy(np.load(path))
+        return cached
     fit = train_graph_encoder(graph, features, **hparams)
-    valid = [(u, int(s[-2])) for u, s in enumerate(ds.sequences) if len(s) >= 3]
-    auc = ranking_auc(fit.users, fit.items, (torch.tensor([u for u, _ in valid]), torch.tensor([i for _, i in valid])))
+    # The validation samples of the leave-one-out split (history length is irrelevant: only users and targets).
+    valid = leave_one_out(ds, max_len=1).valid
+    auc = ranking_auc(fit.users, fit.items, (torch.from_numpy(valid.users), torch.from_numpy(valid.target)))
     log.info(
         "%s: graph encoder trained in %.1f s; BPR loss %.4f -> %.4f over %d epochs; validation AUC %.4f",
         ds.name, fit.seconds, fit.losses[0], fit.losses[-1], epochs, auc,
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, fit.items.numpy())
-    tmp.replace(path)  # atomic: an interrupted run never leaves a half-written entry
-    path.with_suffix(".json").write_text(
-        json.dumps(
-            {"dataset": str(dataset), **hparams, "items": ds.n_items, "users": ds.n_users, "edges": graph.n_edges,
-             "input_shape": list(features.shape), "seconds": round(fit.seconds, 2), "losses": fit.losses,
-             "valid_auc": auc},
-            indent=2,
-        )
+    save_cached(
+        path,
+        fit.items,
+        {"dataset": str(dataset), **hparams, "items": ds.n_items, "users": ds.n_users, "edges": graph.n_edges,
+         "input_shape": list(features.shape), "seconds": round(fit.seconds, 2), "losses": fit.losses,
+         "valid_auc": auc},
     )
     return fit.items
 
@@ -375,7 +253,7 @@ class GraphFeatures(FeatureSource):
     CooccurrenceFeatures for a dataset without text)."""
 
     sources: list[FeatureSource]
-    """Sources of the item nodes' input, fused as ``genrec.tokenizer.features`` describes."""
+    """Sources of the item nodes' input, fused as ``genrec.features.source`` describes."""
     dim: int = 64
     """Output width (and width of every layer)."""
     layers: int = 2
@@ -393,7 +271,7 @@ class GraphFeatures(FeatureSource):
     cache_dir: str | None = None
     """Cache root; None for the library default (``$GENREC_CACHE`` or ``~/.cache/genrec``)."""
     normalize: Normalization = "l2"
-    """Per-source normalisation (``genrec.tokenizer.features``); the outputs already have unit rows."""
+    """Per-source normalisation (``genrec.features.source``); the outputs already have unit rows."""
     weight: float = 1.0
     """Multiplier after normalisation."""
 
