@@ -79,6 +79,7 @@ def test_datamodule_rejects_mismatched_tokenizer(tmp_path):
 def test_learns_deterministic_rule_and_decodes_only_valid_items(trained_walk):
     metrics = trained_walk.metrics
     assert metrics["test/recall@1"] >= 0.9
+    assert metrics["test/invalid"] == 0 and metrics["test/repeated"] == 0
     assert metrics["test/recall@20"] == 1.0  # every list holds 20 distinct real items, the target among them
     out = trained_walk.stdout
     assert "recommended:" in out and "next item (held out)" in out

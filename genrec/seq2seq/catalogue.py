@@ -48,6 +48,10 @@ class Catalogue:
     def n_items(self) -> int:
         return int(self.item_codes.shape[0])
 
+    def token_table(self, vocab: CodeVocab) -> torch.Tensor:
+        """(n_items + 1, vocab.tokens_per_item) encoder tokens of every item (see :func:`item_token_table`)."""
+        return item_token_table(vocab, self.item_codes, self.input_codes)
+
 
 def item_token_table(
     vocab: CodeVocab, item_codes: torch.Tensor, input_codes: tuple[torch.Tensor, ...] | list[torch.Tensor] = ()

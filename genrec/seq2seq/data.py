@@ -16,7 +16,7 @@ from einops import rearrange
 
 from genrec.data import Samples, leave_one_out, load_dataset
 from genrec.data.loading import SplitDataModule, TokenBatches
-from genrec.seq2seq.catalogue import Catalogue, item_token_table
+from genrec.seq2seq.catalogue import Catalogue
 from genrec.seq2seq.vocab import PAD_ID, CodeVocab
 from genrec.features import FeatureSource
 
@@ -56,7 +56,7 @@ def encode_histories(
 
     Args:
         history: (b, n) int64 item indices, left-padded with -1 (the most recent item last).
-        table: (n_items + 1, l) from :func:`item_token_table`.
+        table: (n_items + 1, l) from :func:`genrec.seq2seq.catalogue.item_token_table`.
         vocab: the token vocabulary; with user buckets, a hashed user token comes first.
         users: (b,) int64 user indices, needed when ``vocab`` has user buckets.
 
@@ -154,13 +154,13 @@ class SemanticIdData(SplitDataModule):
 
     @property
     def content_dim(self) -> int:
-        """Width of the catalogue's content features (0: none); linked into models that read content."""
+        """Width of the catalogue's content features (0: none)."""
         content = self.catalogue.content
         return 0 if content is None else int(content.shape[1])
 
     def token_table(self) -> torch.Tensor:
-        """(n_items + 1, tokens_per_item) encoder tokens of every item (see :func:`item_token_table`)."""
-        return item_token_table(self.vocab, self.catalogue.item_codes, self.catalogue.input_codes)
+        """(n_items + 1, tokens_per_item) encoder tokens of every item (see :func:`genrec.seq2seq.catalogue.item_token_table`)."""
+        return self.catalogue.token_table(self.vocab)
 
     def encode_samples(self, samples: Samples) -> dict[str, torch.Tensor]:
         """Tokenises a split part.

@@ -13,7 +13,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from genrec.decoding import BeamSearchOutput, PrefixIndex
 from genrec.metrics import NDCG_KS, RECALL_KS
-from genrec.seq2seq.catalogue import Catalogue, item_token_table
+from genrec.seq2seq.catalogue import Catalogue
 from genrec.seq2seq.data import SemanticIdData
 from genrec.seq2seq.encoders import EncoderOutput, HistoryEncoder, build_encoder
 from genrec.seq2seq.losses import constrained_cross_entropy
@@ -162,7 +162,7 @@ class GenerativeRecommender(pl.LightningModule):
 
     def token_table(self) -> torch.Tensor:
         """(n_items + 1, tokens_per_item) encoder tokens of every item, on the model's device (last row: pad)."""
-        return item_token_table(self.vocab, self.catalogue.item_codes, self.catalogue.input_codes).to(self.device)
+        return self.catalogue.token_table(self.vocab).to(self.device)
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
