@@ -71,6 +71,25 @@ def encode_histories(
     return {"input_ids": input_ids, "attention_mask": (input_ids != PAD_ID).long()}
 
 
+def token_items(history: torch.Tensor, *, vocab: CodeVocab, width: int) -> torch.Tensor:
+    """The history item behind each encoder token of :func:`encode_histories`' layout.
+
+    Args:
+        history: (b, n) int64 item indices, left-padded with -1, as given to :func:`encode_histories`.
+        vocab: the token vocabulary the tokens were made with.
+        width: columns of the (possibly left-trimmed, :class:`genrec.data.loading.TokenBatches`) ``input_ids``.
+
+    Returns:
+        (b, width) int64: the item each token belongs to, -1 for padding and for the user token.
+    """
+    items = history.repeat_interleave(vocab.tokens_per_item, dim=1)
+    if vocab.n_user_buckets:
+        items = torch.cat([items.new_full((len(items), 1), -1), items], dim=1)
+    if width > items.shape[1]:
+        raise ValueError(f"input_ids have {width} columns, more than the {items.shape[1]} of these histories")
+    return items[:, items.shape[1] - width :]
+
+
 class SemanticIdData(SplitDataModule):
     """Leave-one-out samples of a dataset with histories and targets as semantic-ID tokens.
 

@@ -31,6 +31,7 @@ from torch import nn
 from transformers import T5ForConditionalGeneration
 
 from genrec.seq2seq.catalogue import Catalogue
+from genrec.seq2seq.data import token_items
 from genrec.seq2seq.vocab import CodeVocab
 
 GenerationLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -81,10 +82,37 @@ class HistoryEncoder(nn.Module):
 
 
 class TokenHistory(HistoryEncoder):
-    """TIGER (Rajput et al., NeurIPS 2023): the history's code tokens through T5's own encoder."""
+    """TIGER (Rajput et al., NeurIPS 2023): the history's code tokens through T5's own encoder.
 
-    def __init__(self) -> None:
-        super().__init__()
+    Args:
+        item_embeddings: also give every catalogue item a learned embedding, added to each of its history tokens
+            (an item-ID embedding beside the codes, on the input side only; what is generated is still the semantic
+            ID). Zero at initialisation, so the model starts as plain TIGER and learns per-item corrections where
+            the data has them; costs ``n_items * d_model`` parameters and no attention FLOPs.
+    """
+
+    def __init__(self, item_embeddings: bool = False) -> None:
+        super().__init__(item_embeddings=item_embeddings)
+        self.item_embedding: nn.Embedding | None = None
+
+    def bind(self, t5: T5ForConditionalGeneration, vocab: CodeVocab, *, n_items: int | None, max_len: int | None) -> None:
+        self.vocab = vocab
+        if self.options["item_embeddings"]:
+            if not n_items:
+                raise ValueError("item_embeddings needs the catalogue size n_items (linked from the datamodule)")
+            self.item_embedding = nn.Embedding(n_items, t5.config.d_model)
+            nn.init.zeros_(self.item_embedding.weight)
+
+    def forward(self, t5: T5ForConditionalGeneration, batch: dict) -> EncoderOutput:
+        if self.item_embedding is None:
+            return super().forward(t5, batch)
+        if "history" not in batch:
+            raise ValueError("item_embeddings reads the batch's 'history' (item indices); this batch has none")
+        input_ids, mask = batch["input_ids"], batch["attention_mask"]
+        items = token_items(batch["history"], vocab=self.vocab, width=input_ids.shape[1])
+        known = items >= 0
+        embeds = t5.shared(input_ids) + self.item_embedding(items.clamp(min=0)) * known.unsqueeze(-1)
+        return EncoderOutput(t5.encoder(inputs_embeds=embeds, attention_mask=mask).last_hidden_state, mask)
 
 
 class RelationAwareHistory(HistoryEncoder):
