@@ -3,7 +3,11 @@
 Builds the config's model and data through genrec's CLI (no fit), then times optimiser steps on real training
 batches and constrained beam search on real validation batches, after warm-up. Prints one JSON line.
 
-    python benchmarks/seq2seq_speed.py --config configs/tiger/beauty-cpu.yaml [--steps 20] [--eval-batches 4]
+    python benchmarks/seq2seq_speed.py --config configs/base/cpu.yaml --config configs/tiger/beauty-cpu.yaml \
+        [--steps 20] [--eval-batches 4] [-- --model.encoder.pool_items=true ...]
+
+Training steps and decoding go through the model's own ``training_losses`` and ``recommend_batch``, so whatever the
+config's history encoder reads (item indices, modalities, content) is timed too.
 """
 
 from __future__ import annotations
@@ -20,17 +24,18 @@ import torch
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True)
+    parser.add_argument("--config", action="append", required=True, help="config file(s), in order (base first)")
     parser.add_argument("--steps", type=int, default=20, help="timed training steps (after 3 warm-up steps)")
     parser.add_argument("--eval-batches", type=int, default=4, help="timed validation batches (after 1 warm-up)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--bf16", action="store_true", help="autocast training and decoding to bfloat16")
-    parser.add_argument("overrides", nargs="*", help="extra CLI arguments, e.g. --data.init_args.batch_size=512")
-    args = parser.parse_args()
+    args, overrides = parser.parse_known_args()  # the rest: CLI overrides, e.g. --data.init_args.batch_size=512
+    args.overrides = [o for o in overrides if o != "--"]
 
     from genrec.cli import main as cli_main
 
-    cli = cli_main(["--config", args.config, "--trainer.logger=false", *args.overrides], run=False)
+    configs = [a for path in args.config for a in ("--config", path)]
+    cli = cli_main([*configs, "--trainer.logger=false", *args.overrides], run=False)
     model, data = cli.model, cli.datamodule
     data.setup("fit")
     model.set_catalogue(data.catalogue)
@@ -46,7 +51,7 @@ def main() -> None:
     def train_step() -> int:
         batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
         with amp:
-            loss = model(batch["input_ids"], batch["attention_mask"], batch["labels"])
+            loss = model.training_losses(batch)["loss"]
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -71,10 +76,8 @@ def main() -> None:
     amp_dtype = torch.bfloat16 if args.bf16 else None
 
     def decode(batch: dict) -> None:
-        from genrec.seq2seq.t5_step import t5_beam_search
-
-        t5_beam_search(model.model, batch["input_ids"].to(device), batch["attention_mask"].to(device), model.index,
-                       model.vocab, beam_width=model.hparams.beam_width, top_k=model.hparams.top_k, amp_dtype=amp_dtype)
+        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
+            model.recommend_batch({k: v.to(device) for k, v in batch.items()})
 
     decode(eval_batches[0])
     sync()

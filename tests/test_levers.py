@@ -1,5 +1,5 @@
 """Quality levers of the generative recommender (issue 11), each tested on its mechanism: item-ID embeddings beside
-the codes in the encoder input."""
+the codes in the encoder input, and one encoder position per history item (pooled code embeddings)."""
 
 from __future__ import annotations
 
@@ -49,10 +49,11 @@ def test_token_items_names_the_item_of_every_token(users, trim):
         token_items(history, vocab=vocab, width=history.shape[1] * vocab.tokens_per_item + 2)
 
 
-def _model(item_embeddings: bool, users: bool = False) -> GenerativeRecommender:
+def _model(item_embeddings: bool, users: bool = False, pool_items: bool = False) -> GenerativeRecommender:
     torch.manual_seed(0)
+    encoder = TokenHistory(item_embeddings=item_embeddings, pool_items=pool_items)
     return GenerativeRecommender(level_sizes=(4, 4, 1), n_user_buckets=4 if users else 0, n_items=len(CODES),
-                                 arch=TINY, encoder=TokenHistory(item_embeddings=item_embeddings)).eval()
+                                 arch=TINY, encoder=encoder).eval()
 
 
 def test_item_embeddings_start_as_plain_tiger_and_only_touch_histories_with_their_item():
@@ -66,19 +67,45 @@ def test_item_embeddings_start_as_plain_tiger_and_only_touch_histories_with_thei
         changed = (with_ids.encode(batch).hidden - plain.encode(batch).hidden).abs().amax(dim=(1, 2))
     assert changed[0] > 1e-3 and changed[2] > 1e-3 and changed[1] == 0
     assert with_ids.hparams.encoder == {"class_path": "genrec.seq2seq.encoders.TokenHistory",
-                                        "init_args": {"item_embeddings": True}}
+                                        "init_args": {"item_embeddings": True, "pool_items": False}}
     with pytest.raises(ValueError, match="'history'"):
         with_ids.encode({k: v for k, v in batch.items() if k != "history"})
     with pytest.raises(ValueError, match="n_items"):
         GenerativeRecommender(level_sizes=(4, 4, 1), arch=TINY, encoder=TokenHistory(item_embeddings=True))
 
 
-def test_item_embeddings_learn_and_reload_for_inference(tmp_path):
+@pytest.mark.parametrize("users", [False, True])
+def test_pooled_items_give_one_encoder_position_per_item(users):
+    plain, pooled = _model(True, users), _model(True, users, pool_items=True)
+    pooled.load_state_dict(plain.state_dict())
+    history = torch.tensor([[-1, 1, 2, 3], [4, 5, 6, 7], [-1, -1, 9, 3]])
+    batch = _batch(plain.vocab, history, users=users)
+    lead = 1 if users else 0
+    with torch.no_grad():
+        pooled.encoder.item_embedding.weight.normal_()
+        out = pooled.encode(batch)
+        # The same encoder over hand-pooled embeddings: mean of each item's 3 token (and item) embeddings * sqrt(3).
+        tokens = pooled.model.shared(batch["input_ids"])
+        items = pooled.encoder.item_embedding(history.clamp(min=0))
+        body = tokens[:, lead:].view(3, 4, 3, -1).sum(2) + 3 * items * (history >= 0).unsqueeze(-1)
+        expected_in = torch.cat([tokens[:, :lead], body / 3**0.5], dim=1)
+        expected_mask = torch.cat([batch["attention_mask"][:, :lead], (history >= 0).long()], dim=1)
+        expected = pooled.model.encoder(inputs_embeds=expected_in, attention_mask=expected_mask).last_hidden_state
+    assert out.hidden.shape == (3, lead + 4, TINY.d_model)
+    assert torch.equal(out.mask, expected_mask)
+    torch.testing.assert_close(out.hidden, expected)
+    with pytest.raises(ValueError, match="whole items"):
+        pooled.encoder.pool(tokens[:, lead + 1:], batch["attention_mask"][:, lead + 1:])
+
+
+@pytest.mark.parametrize("pool", [False, True])
+def test_item_levers_learn_and_reload_for_inference(pool, tmp_path):
     from genrec.seq2seq.inference import Recommender
 
     dataset, tokenizer = synthetic(tmp_path)
-    cli = main(["fit", *cli_args(dataset, tokenizer, tmp_path / "run", "--model.encoder=genrec.seq2seq.encoders.TokenHistory",
-                                 "--model.encoder.item_embeddings=true",
+    levers = ["--model.encoder=genrec.seq2seq.encoders.TokenHistory", "--model.encoder.item_embeddings=true",
+              f"--model.encoder.pool_items={pool}"]
+    cli = main(["fit", *cli_args(dataset, tokenizer, tmp_path / "run", *levers,
                                  "--trainer.max_steps=40", "--trainer.limit_val_batches=0", "--data.user_buckets=4",
                                  "--test_after_fit=false")])
     weights = cli.model.encoder.item_embedding.weight

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
+from einops import rearrange
 from torch import nn
 from transformers import T5ForConditionalGeneration
 
@@ -89,10 +90,15 @@ class TokenHistory(HistoryEncoder):
             (an item-ID embedding beside the codes, on the input side only; what is generated is still the semantic
             ID). Zero at initialisation, so the model starts as plain TIGER and learns per-item corrections where
             the data has them; costs ``n_items * d_model`` parameters and no attention FLOPs.
+        pool_items: give the encoder one position per history item instead of one per code: the item's token
+            embeddings (each level has its own tokens, so the sum keeps which code sits at which level) are
+            summed and scaled by ``1 / sqrt(tokens_per_item)``. The encoder reads ``tokens_per_item`` times fewer
+            positions, so it costs that much less per layer (more in attention); T5's relative positions then
+            count items. The user token, if any, stays a position of its own.
     """
 
-    def __init__(self, item_embeddings: bool = False) -> None:
-        super().__init__(item_embeddings=item_embeddings)
+    def __init__(self, item_embeddings: bool = False, pool_items: bool = False) -> None:
+        super().__init__(item_embeddings=item_embeddings, pool_items=pool_items)
         self.item_embedding: nn.Embedding | None = None
 
     def bind(self, t5: T5ForConditionalGeneration, vocab: CodeVocab, *, n_items: int | None, max_len: int | None) -> None:
@@ -104,15 +110,29 @@ class TokenHistory(HistoryEncoder):
             nn.init.zeros_(self.item_embedding.weight)
 
     def forward(self, t5: T5ForConditionalGeneration, batch: dict) -> EncoderOutput:
-        if self.item_embedding is None:
+        if self.item_embedding is None and not self.options["pool_items"]:
             return super().forward(t5, batch)
-        if "history" not in batch:
-            raise ValueError("item_embeddings reads the batch's 'history' (item indices); this batch has none")
         input_ids, mask = batch["input_ids"], batch["attention_mask"]
-        items = token_items(batch["history"], vocab=self.vocab, width=input_ids.shape[1])
-        known = items >= 0
-        embeds = t5.shared(input_ids) + self.item_embedding(items.clamp(min=0)) * known.unsqueeze(-1)
+        embeds = t5.shared(input_ids)
+        if self.item_embedding is not None:
+            if "history" not in batch:
+                raise ValueError("item_embeddings reads the batch's 'history' (item indices); this batch has none")
+            items = token_items(batch["history"], vocab=self.vocab, width=input_ids.shape[1])
+            embeds = embeds + self.item_embedding(items.clamp(min=0)) * (items >= 0).unsqueeze(-1)
+        if self.options["pool_items"]:
+            embeds, mask = self.pool(embeds, mask)
         return EncoderOutput(t5.encoder(inputs_embeds=embeds, attention_mask=mask).last_hidden_state, mask)
+
+    def pool(self, embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(b, [1 +] n * p, d) token embeddings and mask -> (b, [1 +] n, d) item embeddings and mask."""
+        lead = 1 if self.vocab.n_user_buckets else 0
+        p = self.vocab.tokens_per_item
+        width = embeds.shape[1] - lead
+        if width % p:
+            raise ValueError(f"{width} history tokens are not whole items of {p} tokens (was a batch trimmed mid-item?)")
+        items = rearrange(embeds[:, lead:], "b (n p) d -> b n p d", p=p).sum(2) * p**-0.5
+        item_mask = mask[:, lead::p]
+        return torch.cat([embeds[:, :lead], items], dim=1), torch.cat([mask[:, :lead], item_mask], dim=1)
 
 
 class RelationAwareHistory(HistoryEncoder):
