@@ -8,6 +8,11 @@ chart of Recall@10 / NDCG@10.
     python benchmarks/systems.py                       # TIGER, MMGRec, ColaRec, MSCGRec, CPU-sized, on Beauty
     python benchmarks/systems.py --base configs/base/gpu.yaml --configs configs/mmgrec/beauty.yaml \
         configs/tiger/beauty.yaml                      # GPU sizes
+    python benchmarks/systems.py --configs configs/base/baseline.yaml,configs/sasrec/beauty.yaml \
+        configs/tiger/beauty-cpu.yaml                  # the SASRec bar beside TIGER, each on its own base
+
+An entry of ``--configs`` is one experiment config (run on ``--base``) or a comma-separated list of config files
+given in that order (base first), for systems with a base of their own such as SASRec.
 
 The CPU-sized configs need SASRec's item embeddings first (ColaRec and MSCGRec IDs come from them):
 ``python train.py fit --config configs/base/baseline.yaml --config configs/sasrec/beauty.yaml``.
@@ -34,11 +39,20 @@ DEFAULT = (
 )
 
 
+def config_files(base: str, entry: str) -> list[str]:
+    """The config files of one ``--configs`` entry: ``[base, entry]``, or the entry's own comma-separated list."""
+    files = [f for f in entry.split(",") if f] if "," in entry else [base, entry]
+    missing = [f for f in files if not (ROOT / f).exists() and not Path(f).exists()]
+    if missing:
+        raise SystemExit(f"--configs entry {entry!r}: no such file {missing}")
+    return files
+
+
 def run(base: str, config: str, extra: list[str], records: Path) -> dict:
-    """Runs one config on its base to the end of its test; returns its run record (with the wall time added)."""
+    """Runs one ``--configs`` entry to the end of its test; returns its run record (with the wall time added)."""
     before = set(records.glob("*.json"))
-    cmd = [sys.executable, "train.py", "fit", "--config", base, "--config", config,
-           "--trainer.enable_progress_bar=false", "--examples=0", *extra]
+    configs = [a for f in config_files(base, config) for a in ("--config", f)]
+    cmd = [sys.executable, "train.py", "fit", *configs, "--trainer.enable_progress_bar=false", "--examples=0", *extra]
     print(f"\n=== {' '.join(cmd[1:])}", flush=True)
     start = time.perf_counter()
     result = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "GENREC_RECORDS": str(records)}, check=False)
@@ -85,13 +99,16 @@ def main(argv: list[str] | None = None) -> int:
     extra = [a for a in args.extra if a != "--"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    for config in args.configs:
+        config_files(args.base, config)  # every file exists before the first run starts
     with tempfile.TemporaryDirectory() as tmp:
         records = [run(args.base, config, extra, Path(tmp)) for config in args.configs]
     names = []
-    for config, record in zip(args.configs, records):
+    for entry, record in zip(args.configs, records):
+        config = config_files(args.base, entry)[-1]
         name = f"{date.today().isoformat().replace('-', '')}-{Path(config).parent.name}-{Path(config).stem}{args.tag}"
         (out / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
-        names.append(f"{record['model']}\n{Path(config).stem}")
+        names.append(f"{record['model']}\n{Path(config).parent.name}/{Path(config).stem}")
         m = record["metrics"]
         print(f"{record['model']:8s} {config:36s} R@10 {m['recall@10']:.4f}  N@10 {m['ndcg@10']:.4f}  "
               f"train {record['train_seconds']:.0f} s  wall {record['wall_seconds']:.0f} s")
