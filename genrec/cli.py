@@ -35,7 +35,7 @@ class GenRecCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         self._require_training_length()
         # The pipeline step (genrec.pipeline): fit the artifacts this run needs and lacks, each by its own run.
-        fitted = fit_missing(self._get(self.config, "data"), run=lambda config: main(["fit", "--config", config]))
+        fitted = fit_missing(self._get(self.config, "data"), run=lambda args: main(["fit", *args]))
         if fitted:
             # Those runs drew from the global generators: seed again, so that the model starts from the same
             # weights whether its tokenizer was fitted just now or found on disk.

@@ -1,11 +1,13 @@
 """The one-command pipeline: what ``train.py`` builds before the objects of a run exist.
 
 A run's config may name artifacts that other runs produce: the tokenizer artifact the model generates
-(``data.tokenizer``, fitted by ``data.tokenizer_config``) and those of its input modalities
-(``data.input_modalities[i].tokenizer`` / ``.tokenizer_config``). Before the Trainer, model and datamodule are
-built, every missing one is fitted by its own config, in a run of its own, exactly as
-``python train.py fit --config <tokenizer_config>`` would; the tokenizer run in turn fits what its own config
-needs. This is the only place where one run starts another: library objects (DataModules, models) never train
+(``data.tokenizer``, fitted by ``data.tokenizer_config``), those of its input modalities
+(``data.input_modalities[i].tokenizer`` / ``.tokenizer_config``), and feature files with the run that writes
+them (a ``genrec.features.NpyFeatures`` source with ``made_by``, e.g. SASRec's item embeddings, in
+``data.sources`` of a tokenizer or ``data.content_sources``). Before the Trainer, model and datamodule are built,
+every missing one is made by its own run, exactly as ``python train.py fit --config <tokenizer_config>`` (or
+``python train.py fit <made_by...>``) would; that run in turn makes what its own config needs, so one command
+can chain SASRec -> tokenizer -> generative model. This is the only place where one run starts another: library objects (DataModules, models) never train
 anything, and a DataModule given a missing artifact raises.
 """
 
@@ -24,6 +26,12 @@ class Artifact(NamedTuple):
 
     path: str
     config: str | None
+    made_by: tuple[str, ...] = ()
+    """``train.py fit`` arguments of the run that writes it, when more than one config file (a feature file)."""
+
+    def fit_args(self) -> list[str]:
+        """The ``train.py fit`` arguments that make this artifact."""
+        return list(self.made_by) if self.made_by else ["--config", str(self.config)]
 
 
 def _get(node: Any, key: str) -> Any:
@@ -49,6 +57,12 @@ def required_artifacts(data: Any) -> list[Artifact]:
         needed.append(Artifact(str(_get(args, "tokenizer")), _get(args, "tokenizer_config")))
     for modality in _get(args, "input_modalities") or ():
         needed.append(Artifact(str(_get(modality, "tokenizer")), _get(modality, "tokenizer_config")))
+    for source in [*(_get(args, "sources") or ()), *(_get(args, "content_sources") or ())]:
+        source_args = _get(source, "init_args") or source
+        made_by = _get(source_args, "made_by")
+        if made_by:
+            made_by = tuple(str(a) for a in made_by)
+            needed.append(Artifact(str(_get(source_args, "path")), " ".join(made_by), made_by))
     return needed
 
 
@@ -57,7 +71,8 @@ def fit_missing(data: Any, *, run: Callable[[str], object]) -> list[Artifact]:
 
     Args:
         data: the ``data`` node of a parsed LightningCLI config.
-        run: runs one config to completion, e.g. ``lambda config: main(["fit", "--config", config])``.
+        run: runs one ``train.py fit`` to completion given its arguments (:meth:`Artifact.fit_args`), e.g.
+            ``lambda args: main(["fit", *args])``.
 
     Returns:
         The artifacts that were fitted (empty when all existed).
@@ -73,9 +88,9 @@ def fit_missing(data: Any, *, run: Callable[[str], object]) -> list[Artifact]:
             raise FileNotFoundError(
                 f"tokenizer artifact {artifact.path!r} does not exist and no tokenizer_config is given to fit it"
             )
-        log.info("tokenizer %s is missing: fitting it with %s", artifact.path, artifact.config)
-        run(artifact.config)
+        log.info("%s is missing: making it with train.py fit %s", artifact.path, " ".join(artifact.fit_args()))
+        run(artifact.fit_args())
         if not Path(artifact.path).exists():
-            raise FileNotFoundError(f"{artifact.config} ran but did not write {artifact.path!r}: check its output_dir")
+            raise FileNotFoundError(f"{artifact.config} ran but did not write {artifact.path!r}: check where it writes")
         fitted.append(artifact)
     return fitted

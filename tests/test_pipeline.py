@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import yaml
 from jsonargparse import Namespace
 
 from genrec.cli import main
+from genrec.features import NpyFeatures
 from genrec.pipeline import Artifact, fit_missing, required_artifacts
 from genrec.seq2seq.data import SemanticIdData
 from tests.conftest import N_ITEMS, cli_args, synthetic
@@ -43,6 +45,13 @@ def test_required_artifacts_reads_the_data_config():
         input_modalities=[Namespace(tokenizer="tokenizers/b", tokenizer_config=None)]))
     assert required_artifacts(data) == [Artifact("tokenizers/a", "a.yaml"), Artifact("tokenizers/b", None)]
     assert required_artifacts(Namespace(class_path="x.ItemSequenceData", init_args=Namespace(dataset="d"))) == []
+    made = ["--config", "base.yaml", "--config", "sasrec.yaml"]
+    features = Namespace(class_path="x.ItemFeatures", init_args=Namespace(sources=[
+        Namespace(class_path="genrec.features.TextEmbeddings", init_args=Namespace(normalize="l2")),
+        Namespace(class_path="genrec.features.NpyFeatures", init_args=Namespace(path="runs/e.npy", made_by=made)),
+        Namespace(class_path="genrec.features.NpyFeatures", init_args=Namespace(path="f.npy", made_by=None))]))
+    (artifact,) = required_artifacts(features)
+    assert artifact.path == "runs/e.npy" and artifact.fit_args() == made
 
 
 def test_fit_missing_runs_each_missing_config_once_and_checks_its_output(tmp_path):
@@ -53,7 +62,7 @@ def test_fit_missing_runs_each_missing_config_once_and_checks_its_output(tmp_pat
     ran = []
     with pytest.raises(FileNotFoundError, match="m.yaml ran but did not write"):
         fit_missing(data, run=ran.append)
-    assert ran == ["m.yaml"]  # the present artifact is never refitted
+    assert ran == [["--config", "m.yaml"]]  # the present artifact is never refitted
     with pytest.raises(FileNotFoundError, match="no tokenizer_config"):
         fit_missing({"init_args": {"tokenizer": str(tmp_path / "missing")}}, run=ran.append)
 
@@ -72,3 +81,33 @@ def test_train_py_fits_the_missing_tokenizer_and_starts_from_the_same_weights(tm
     found = main(args, run=False)  # the artifact exists now: nothing is fitted
     for (name, a), b in zip(fresh.model.state_dict().items(), found.model.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_one_command_chains_sasrec_then_tokenizer_then_the_generative_model(tmp_path):
+    """A TIGER run whose tokenizer is missing and whose tokenizer reads SASRec embeddings that are missing too:
+    train.py trains SASRec, fits the tokenizer on its embeddings, then builds the model."""
+    dataset, _ = synthetic(tmp_path)
+    embeddings = tmp_path / "sasrec" / "item_embeddings.npy"
+    sasrec = tmp_path / "sasrec.yaml"
+    sasrec.write_text(yaml.safe_dump({
+        "seed_everything": 0,
+        "trainer": {"accelerator": "cpu", "devices": 1, "max_epochs": 2, "logger": False,
+                    "enable_progress_bar": False, "enable_model_summary": False,
+                    "default_root_dir": str(embeddings.parent)},
+        "model": {"class_path": "genrec.baselines.sasrec.SASRecRecommender",
+                  "init_args": {"arch": {"d_model": 8, "dropout": 0.0}, "warmup_steps": 1}},
+        "data": {"class_path": "genrec.baselines.data.ItemSequenceData",
+                 "init_args": {"dataset": str(dataset), "max_len": 5, "batch_size": 32}},
+    }))
+    artifact = tmp_path / "chained-tokenizer"
+    config = _tokenizer_config(tmp_path, dataset, artifact)
+    spec = yaml.safe_load(config.read_text())
+    spec["data"]["init_args"]["sources"] = [{"class_path": "genrec.features.NpyFeatures", "init_args": {
+        "path": str(embeddings), "made_by": ["--config", str(sasrec)]}}]
+    config.write_text(yaml.safe_dump(spec))
+    with pytest.raises(FileNotFoundError, match="make it first"):
+        NpyFeatures(path=str(embeddings)).load(dataset)
+    main([*cli_args(dataset, artifact, tmp_path / "run"), f"--data.tokenizer_config={config}"], run=False)
+    assert np.load(embeddings).shape == (N_ITEMS, 8)
+    described = json.loads((artifact / "config.json").read_text())
+    assert described["data"]["sources"][0]["path"] == str(embeddings)

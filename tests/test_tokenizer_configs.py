@@ -14,14 +14,22 @@ def test_there_are_tokenizer_configs():
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
-def test_tokenizer_config_instantiates(config, tmp_path):
+def test_tokenizer_config_instantiates(config, tmp_path, monkeypatch):
+    import genrec.cli
     from genrec.cli import main
+    from genrec.pipeline import required_artifacts
     from genrec.tokenizer.datamodule import ItemFeatures
     from genrec.features import FeatureSource
     from genrec.tokenizer.lightning import ConstrainedKMeansTokenizer, RQKMeansTokenizer, RQVAETokenizer
 
-    # Through train.py's own CLI, so its argument links are exercised too; nothing is loaded or fitted.
+    # Through train.py's own CLI, so its argument links are exercised too; nothing is loaded or fitted: the
+    # pipeline step only says what it would make (SASRec's embeddings, for the configs that read them).
+    wanted = []
+    monkeypatch.setattr(genrec.cli, "fit_missing", lambda data, run: wanted.extend(required_artifacts(data)) or [])
     cli = main(["--config", str(config), "--trainer.default_root_dir", str(tmp_path)], run=False)
+    for artifact in wanted:
+        assert artifact.path.endswith("item_embeddings.npy")
+        assert artifact.fit_args()[::2] == ["--config", "--config"] and "configs/sasrec/" in artifact.fit_args()[-1]
     assert isinstance(cli.model, (RQKMeansTokenizer, RQVAETokenizer, ConstrainedKMeansTokenizer))
     assert isinstance(cli.datamodule, ItemFeatures)
     assert cli.datamodule.sources and all(isinstance(s, FeatureSource) for s in cli.datamodule.sources)

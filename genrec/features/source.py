@@ -91,11 +91,18 @@ class NpyFeatures(FeatureSource):
     """Per-source normalisation (module docstring)."""
     weight: float = 1.0
     """Multiplier after normalisation."""
+    made_by: list[str] | None = None
+    """``train.py fit`` arguments of the run that writes ``path``, e.g. ``["--config", "configs/base/baseline.yaml",
+    "--config", "configs/sasrec/beauty.yaml"]``: ``train.py`` runs it first when the file is missing
+    (:mod:`genrec.pipeline`). None: the file must exist."""
 
     def __post_init__(self) -> None:
         self._check()
 
     def load(self, dataset: str | Path) -> Tensor:
+        if not Path(self.path).exists():
+            how = f"python train.py fit {' '.join(self.made_by)}" if self.made_by else "the run that writes it"
+            raise FileNotFoundError(f"feature file {self.path!r} does not exist: make it first ({how})")
         array = np.load(self.path, allow_pickle=False)
         if array.ndim != 2:
             raise ValueError(f"{self.path}: expected an (n_items, d) matrix, got shape {array.shape}")
