@@ -9,12 +9,16 @@ and its row is the validation of its best epoch by val/ndcg@10. A plan is a YAML
     common: ["--trainer.max_epochs=4"]   # overrides of every variant (optional)
     variants:
       - name: baseline                   # the reference row: the first variant
-        args: []
+        args: &shared ["--data.init_args.max_len=20"]
       - name: constrained-softmax        # one change against the reference
-        args: ["--model.init_args.constrained_softmax=true"]
+        args: [*shared, "--model.init_args.constrained_softmax=true"]   # anchors share arguments between rows
       - name: text+cooc IDs
         config: configs/tiger/beauty-cooc.yaml   # a variant may change the config instead of overriding it
         before: [["python", "train.py", "fit", "--config", "configs/tokenizer/x.yaml"]]  # timed with the run
+      - name: cooc IDs, constrained softmax
+        config: configs/tiger/beauty-cooc.yaml
+        args: ["--model.init_args.constrained_softmax=true"]
+        against: text+cooc IDs           # the row it changes one thing of (default: the first)
 
 Each finished variant's row is written to ``benchmarks/records/ablation/<plan>/<name>.json`` (with device, commit,
 date, load and command) and is not rerun unless ``--force``; ``--table`` only prints the markdown table and draws
@@ -64,6 +68,11 @@ def load_plan(path: Path) -> dict:
         raise SystemExit(f"{path}: every variant needs a name")
     if len(set(map(slug, names))) != len(names):
         raise SystemExit(f"{path}: two variants share a name: {names}")
+    for v in plan["variants"]:
+        # YAML anchors let rows share arguments (args: [*pooled, "--x=1"]): flatten the nested lists they make.
+        v["args"] = [a for item in v.get("args", []) for a in (item if isinstance(item, list) else [item])]
+        if v.get("against") is not None and v["against"] not in names:
+            raise SystemExit(f"{path}: variant {v['name']!r} is against {v['against']!r}, which the plan lacks")
     return plan
 
 
@@ -125,18 +134,23 @@ def run_variant(plan: dict, variant: dict, workdir: Path) -> dict:
 
 
 def table(plan: dict, rows: list[dict]) -> str:
-    """The plan's markdown table: one row per recorded variant, deltas against the first."""
-    ref = rows[0]["validation"] if rows else None
+    """The plan's markdown table: one row per recorded variant, its change and Δ against its reference row."""
+    by_name = {row["name"]: row for row in rows}
+    against = {v["name"]: v.get("against") for v in plan["variants"]}
     lines = [
-        "| variant | change | val R@10 | val N@10 | Δ N@10 | best epoch | wall | commit | load |",
+        "| variant | change against | val R@10 | val N@10 | Δ N@10 | best epoch | wall | commit | load |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
     for row in rows:
         v = row["validation"]
-        change = " ".join(a for a in row["args"] if a not in plan.get("common", [])) or "(reference)"
-        if row["config"] != plan["config"]:
-            change = f"`{row['config']}` {change}".replace(" (reference)", "")
-        delta = f"{(v['ndcg@10'] / ref['ndcg@10'] - 1) * 100:+.1f} %" if ref and row is not rows[0] else ""
+        ref = by_name.get(against.get(row["name"]) or rows[0]["name"])
+        if ref is None or ref is row:
+            change, delta = "(reference)", ""
+        else:
+            args = " ".join(a for a in row["args"] if a not in ref["args"]) or "(same arguments)"
+            config = f"`{row['config']}` " if row["config"] != ref["config"] else ""
+            change = f"{config}{args} — vs {ref['name']}"
+            delta = f"{(v['ndcg@10'] / ref['validation']['ndcg@10'] - 1) * 100:+.1f} %"
         lines.append(
             f"| {row['name']} | {change} | {v['recall@10']:.4f} | {v['ndcg@10']:.4f} | {delta} | {v['epoch']} | "
             f"{row['wall_seconds'] / 60:.1f} min | {row['commit']} | {row['load']} |"

@@ -49,14 +49,21 @@ def test_ablation_plan_is_checked_and_tabled(tmp_path):
     plan.write_text("base: b.yaml\nvariants:\n  - {name: a}\n")
     with pytest.raises(SystemExit, match="missing 'config'"):
         ablation.load_plan(plan)
+    plan.write_text("base: b.yaml\nconfig: c.yaml\nvariants:\n  - {name: a}\n  - {name: b, against: z}\n")
+    with pytest.raises(SystemExit, match="which the plan lacks"):
+        ablation.load_plan(plan)
     for path in sorted((ROOT / "benchmarks" / "plans").glob("*.yaml")):  # the shipped plans are valid
         ablation.load_plan(path)
     row = {"config": "c.yaml", "args": [], "validation": {"recall@10": 0.05, "ndcg@10": 0.025, "epoch": 3},
            "wall_seconds": 600, "commit": "abc", "load": 1.0}
     other = {**row, "name": "lever", "args": ["--x=1"], "validation": {"recall@10": 0.06, "ndcg@10": 0.03, "epoch": 3}}
-    text = ablation.table({"config": "c.yaml"}, [{**row, "name": "ref"}, other])
+    on_top = {**row, "name": "more", "args": ["--x=1", "--y=2"],
+              "validation": {"recall@10": 0.06, "ndcg@10": 0.033, "epoch": 3}}
+    variants = [{"name": "ref"}, {"name": "lever"}, {"name": "more", "against": "lever"}]
+    text = ablation.table({"config": "c.yaml", "variants": variants}, [{**row, "name": "ref"}, other, on_top])
     assert "| ref | (reference) | 0.0500 | 0.0250 |  | 3 | 10.0 min | abc | 1.0 |" in text
-    assert "| lever | --x=1 | 0.0600 | 0.0300 | +20.0 % |" in text
+    assert "| lever | --x=1 — vs ref | 0.0600 | 0.0300 | +20.0 % |" in text
+    assert "| more | --y=2 — vs lever | 0.0600 | 0.0330 | +10.0 % |" in text
 
 
 def test_side_by_side_entries_take_the_base_or_their_own_list():
