@@ -66,6 +66,8 @@ def test_item_embeddings_start_as_plain_tiger_and_only_touch_histories_with_thei
         with_ids.encoder.item_embedding.weight[3] = 1.0  # item 3 is in rows 0 and 2, not in row 1
         changed = (with_ids.encode(batch).hidden - plain.encode(batch).hidden).abs().amax(dim=(1, 2))
     assert changed[0] > 1e-3 and changed[2] > 1e-3 and changed[1] == 0
+    assert plain.system_name == "TIGER" and with_ids.system_name == "TIGER (item IDs)"
+    assert _model(True, pool_items=True).system_name == "TIGER (pooled items, item IDs)"
     assert with_ids.hparams.encoder == {"class_path": "genrec.seq2seq.encoders.TokenHistory",
                                         "init_args": {"item_embeddings": True, "pool_items": False}}
     with pytest.raises(ValueError, match="'history'"):

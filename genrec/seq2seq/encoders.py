@@ -101,6 +101,13 @@ class TokenHistory(HistoryEncoder):
         super().__init__(item_embeddings=item_embeddings, pool_items=pool_items)
         self.item_embedding: nn.Embedding | None = None
 
+    @property
+    def system_name(self) -> str:  # type: ignore[override]
+        """``TIGER``, with the levers in use named after it (run records tell the recipe from the paper's model)."""
+        levers = [name for name, on in (("pooled items", self.options["pool_items"]),
+                                        ("item IDs", self.options["item_embeddings"])) if on]
+        return f"TIGER ({', '.join(levers)})" if levers else "TIGER"
+
     def bind(self, t5: T5ForConditionalGeneration, vocab: CodeVocab, *, n_items: int | None, max_len: int | None) -> None:
         self.vocab = vocab
         if self.options["item_embeddings"]:
