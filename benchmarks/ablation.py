@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from genrec.provenance import device_name, git_commit, load_average  # noqa: E402
+from genrec.report import plot_metric_bars  # noqa: E402
 
 METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
 
@@ -158,26 +159,6 @@ def table(plan: dict, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(1.3 * len(rows) + 2, 3.8))
-    width = 0.38
-    for j, metric in enumerate(("recall@10", "ndcg@10")):
-        values = [r["validation"][metric] for r in rows]
-        bars = ax.bar([i + (j - 0.5) * width for i in range(len(rows))], values, width, label=f"val {metric}")
-        ax.bar_label(bars, labels=[f"{v:.4f}" for v in values], fontsize=7)
-    ax.set_xticks(range(len(rows)), [r["name"] for r in rows], fontsize=7, rotation=20, ha="right")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"plot: {path}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("plan", help="plan YAML (see the module docstring)")
@@ -208,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = [json.loads(p.read_text()) for n in names if (p := out / f"{slug(n)}.json").exists()]
     if rows:
         print(table(plan, rows))
-        plot(rows, out / "ablation.png", f"{plan_path.stem}: best validation per variant")
+        values = {f"val {m}": [r["validation"][m] for r in rows] for m in ("recall@10", "ndcg@10")}
+        plot_metric_bars([r["name"] for r in rows], values, out / "ablation.png",
+                         title=f"{plan_path.stem}: best validation per variant", rotate=True)
     return 0
 
 

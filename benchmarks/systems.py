@@ -30,6 +30,8 @@ import time
 from datetime import date
 from pathlib import Path
 
+from genrec.report import plot_metric_bars
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = (
     "configs/tiger/beauty-cpu.yaml",
@@ -67,27 +69,6 @@ def run(base: str, config: str, extra: list[str], records: Path) -> dict:
     return record
 
 
-def plot(records: list[dict], names: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(1.6 * len(records) + 2, 3.6))
-    width = 0.38
-    for j, metric in enumerate(("recall@10", "ndcg@10")):
-        values = [r["metrics"][metric] for r in records]
-        bars = ax.bar([i + (j - 0.5) * width for i in range(len(records))], values, width, label=metric)
-        ax.bar_label(bars, labels=[f"{v:.4f}" for v in values], fontsize=7)
-    ax.set_xticks(range(len(records)), names, fontsize=8)
-    ax.set_ylabel("test metric (all users)")
-    ax.set_title(f"{records[0]['dataset']}, {records[0]['device']}, commit {records[0]['commit']}", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"plot: {path}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="configs/base/cpu.yaml", help="base config given before every experiment")
@@ -112,7 +93,12 @@ def main(argv: list[str] | None = None) -> int:
         m = record["metrics"]
         print(f"{record['model']:8s} {config:36s} R@10 {m['recall@10']:.4f}  N@10 {m['ndcg@10']:.4f}  "
               f"train {record['train_seconds']:.0f} s  wall {record['wall_seconds']:.0f} s")
-    plot(records, names, out / f"{date.today().isoformat().replace('-', '')}-systems{args.tag}.png")
+    plot_metric_bars(
+        names, {m: [r["metrics"][m] for r in records] for m in ("recall@10", "ndcg@10")},
+        out / f"{date.today().isoformat().replace('-', '')}-systems{args.tag}.png",
+        title=f"{records[0]['dataset']}, {records[0]['device']}, commit {records[0]['commit']}",
+        ylabel="test metric (all users)",
+    )
     return 0
 
 

@@ -7,8 +7,8 @@ them (a ``genrec.features.NpyFeatures`` source with ``made_by``, e.g. SASRec's i
 ``data.sources`` of a tokenizer or ``data.content_sources``). Before the Trainer, model and datamodule are built,
 every missing one is made by its own run, exactly as ``python train.py fit --config <tokenizer_config>`` (or
 ``python train.py fit <made_by...>``) would; that run in turn makes what its own config needs, so one command
-can chain SASRec -> tokenizer -> generative model. This is the only place where one run starts another: library objects (DataModules, models) never train
-anything, and a DataModule given a missing artifact raises.
+can chain SASRec -> tokenizer -> generative model. This is the only place where one run starts another: library
+objects (DataModules, models) never train anything, and a DataModule given a missing artifact raises.
 """
 
 from __future__ import annotations
@@ -22,16 +22,19 @@ log = logging.getLogger(__name__)
 
 
 class Artifact(NamedTuple):
-    """An artifact a run needs, and the config of the run that writes it (None: nothing can)."""
+    """An artifact a run needs, and the run that writes it: a tokenizer config, or ``train.py fit`` arguments."""
 
     path: str
     config: str | None
+    """The config that fits it (tokenizers; None: none given)."""
     made_by: tuple[str, ...] = ()
-    """``train.py fit`` arguments of the run that writes it, when more than one config file (a feature file)."""
+    """``train.py fit`` arguments of the run that writes it, when that is not one config file (a feature file)."""
 
     def fit_args(self) -> list[str]:
-        """The ``train.py fit`` arguments that make this artifact."""
-        return list(self.made_by) if self.made_by else ["--config", str(self.config)]
+        """The ``train.py fit`` arguments that make this artifact ([]: nothing can)."""
+        if self.made_by:
+            return list(self.made_by)
+        return ["--config", self.config] if self.config is not None else []
 
 
 def _get(node: Any, key: str) -> Any:
@@ -62,7 +65,7 @@ def required_artifacts(data: Any) -> list[Artifact]:
         made_by = _get(source_args, "made_by")
         if made_by:
             made_by = tuple(str(a) for a in made_by)
-            needed.append(Artifact(str(_get(source_args, "path")), " ".join(made_by), made_by))
+            needed.append(Artifact(str(_get(source_args, "path")), None, made_by))
     return needed
 
 
@@ -84,13 +87,15 @@ def fit_missing(data: Any, *, run: Callable[[str], object]) -> list[Artifact]:
     for artifact in required_artifacts(data):
         if Path(artifact.path).exists():
             continue
-        if artifact.config is None:
+        args = artifact.fit_args()
+        if not args:
             raise FileNotFoundError(
                 f"tokenizer artifact {artifact.path!r} does not exist and no tokenizer_config is given to fit it"
             )
-        log.info("%s is missing: making it with train.py fit %s", artifact.path, " ".join(artifact.fit_args()))
-        run(artifact.fit_args())
+        command = "train.py fit " + " ".join(args)
+        log.info("%s is missing: making it with %s", artifact.path, command)
+        run(args)
         if not Path(artifact.path).exists():
-            raise FileNotFoundError(f"{artifact.config} ran but did not write {artifact.path!r}: check where it writes")
+            raise FileNotFoundError(f"{command} ran but did not write {artifact.path!r}: check where it writes")
         fitted.append(artifact)
     return fitted

@@ -294,6 +294,49 @@ def replace_in_readme(text: str, table: str, *, where: str = "README") -> str:
     return text[: start + len(START)] + "\n" + table + text[end:]
 
 
+def plot_metric_bars(
+    labels: Sequence[str],
+    values: Mapping[str, Sequence[float]],
+    path: str | Path,
+    *,
+    title: str,
+    ylabel: str | None = None,
+    rotate: bool = False,
+) -> Path:
+    """One bar chart of runs side by side: a group of bars per run, one bar per metric, each labelled with its value.
+
+    Args:
+        labels: one label per run (x axis).
+        values: metric name (legend) -> one value per run.
+        path: the PNG to write.
+        title: the chart's title (say the dataset, device, commit).
+        ylabel: the y axis label.
+        rotate: slant long run labels.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.5 * len(labels) + 2, 3.8))
+    width = 0.8 / len(values)
+    for j, (metric, series) in enumerate(values.items()):
+        offset = (j - (len(values) - 1) / 2) * width
+        bars = ax.bar([i + offset for i in range(len(labels))], series, width, label=metric)
+        ax.bar_label(bars, labels=[f"{v:.4f}" for v in series], fontsize=7)
+    ax.set_xticks(range(len(labels)), labels, fontsize=7 if rotate else 8, rotation=20 if rotate else 0,
+                  ha="right" if rotate else "center")
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"plot: {path}")
+    return Path(path)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m genrec.report", description=__doc__.splitlines()[0])
     parser.add_argument("--records", nargs="+", help=f"record folders (default: $GENREC_RECORDS or "
