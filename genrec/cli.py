@@ -98,9 +98,7 @@ class GenRecCLI(LightningCLI):
             write_record(trainer=self.trainer, model=self.model, datamodule=self.datamodule,
                          train_seconds=self._fit_seconds, config=config)
         count = self._option("examples") or 0
-        from genrec.seq2seq.module import GenerativeRecommender
-
-        if count and isinstance(self.model, GenerativeRecommender):
+        if count and hasattr(self.model, "recommend_batch"):  # the generative models
             from genrec.seq2seq.examples import print_examples
 
             print_examples(self.model, self.datamodule, count=count)

@@ -11,7 +11,8 @@ import torch
 import yaml
 
 from genrec.baselines.__main__ import main as export_main
-from genrec.baselines.data import ItemSequenceData, training_rows
+from genrec.baselines.data import ItemSequenceData
+from genrec.data.loading import training_rows
 from genrec.baselines.sasrec import SASRec, SASRecArchitecture, SASRecRecommender
 from genrec.cli import main
 from genrec.data import leave_one_out, load_dataset

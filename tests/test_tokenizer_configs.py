@@ -20,7 +20,9 @@ def test_tokenizer_config_instantiates(config, tmp_path, monkeypatch):
     from genrec.pipeline import required_artifacts
     from genrec.tokenizer.datamodule import ItemFeatures
     from genrec.features import FeatureSource
-    from genrec.tokenizer.lightning import ConstrainedKMeansTokenizer, RQKMeansTokenizer, RQVAETokenizer
+    from genrec.tokenizer.lightning import (
+        ConstrainedKMeansTokenizer, ProductKMeansTokenizer, RQKMeansTokenizer, RQVAETokenizer,
+    )
 
     # Through train.py's own CLI, so its argument links are exercised too; nothing is loaded or fitted: the
     # pipeline step only says what it would make (SASRec's embeddings, for the configs that read them).
@@ -30,7 +32,7 @@ def test_tokenizer_config_instantiates(config, tmp_path, monkeypatch):
     for artifact in wanted:
         assert artifact.path.endswith("item_embeddings.npy")
         assert artifact.fit_args()[::2] == ["--config", "--config"] and "configs/sasrec/" in artifact.fit_args()[-1]
-    assert isinstance(cli.model, (RQKMeansTokenizer, RQVAETokenizer, ConstrainedKMeansTokenizer))
+    assert isinstance(cli.model, (RQKMeansTokenizer, RQVAETokenizer, ConstrainedKMeansTokenizer, ProductKMeansTokenizer))
     assert isinstance(cli.datamodule, ItemFeatures)
     assert cli.datamodule.sources and all(isinstance(s, FeatureSource) for s in cli.datamodule.sources)
     assert cli.model.hparams.output_dir == f"tokenizers/{config.stem}"

@@ -13,47 +13,10 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
-import torch
-
-from genrec.data import load_dataset, leave_one_out
-from genrec.data.loading import SplitDataModule, TokenBatches
-from genrec.data.split import PAD_ITEM, training_part
+from genrec.data import load_dataset
+from genrec.data.loading import SplitDataModule, item_sequence_parts
 
 log = logging.getLogger(__name__)
-
-
-def training_rows(sequences: list[np.ndarray], *, max_len: int) -> dict[str, torch.Tensor]:
-    """One training row per user with at least 2 training items (the users :func:`leave_one_out` trains on).
-
-    Args:
-        sequences: per user, (m,) int64 dense item indices in chronological order.
-        max_len: row length; a row holds the user's last ``max_len + 1`` training items.
-
-    Returns:
-        ``users`` (r,) int64, ``input`` (r, max_len) int64 left-padded with -1, ``labels`` (r, max_len) int64: the
-        next item at each input position, -1 where the input is padding.
-    """
-    users, inputs, labels = [], [], []
-    for u, seq in enumerate(sequences):
-        train = training_part(seq)[-(max_len + 1) :]  # leave-one-out: without the validation and test targets
-        if len(train) < 2:
-            continue
-        row_in = np.full(max_len, PAD_ITEM, dtype=np.int64)
-        row_out = np.full(max_len, PAD_ITEM, dtype=np.int64)
-        row_in[max_len - len(train) + 1 :] = train[:-1]
-        row_out[max_len - len(train) + 1 :] = train[1:]
-        users.append(u)
-        inputs.append(row_in)
-        labels.append(row_out)
-    if not users:
-        empty = torch.zeros(0, max_len, dtype=torch.long)
-        return {"users": torch.zeros(0, dtype=torch.long), "input": empty, "labels": empty.clone()}
-    return {
-        "users": torch.as_tensor(np.asarray(users, np.int64)),
-        "input": torch.from_numpy(np.stack(inputs)),
-        "labels": torch.from_numpy(np.stack(labels)),
-    }
 
 
 class ItemSequenceData(SplitDataModule):
@@ -97,15 +60,5 @@ class ItemSequenceData(SplitDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.parts:
             return
-        split = leave_one_out(self.dataset, max_len=self.hparams.max_len)
-        self.parts["train"] = TokenBatches(training_rows(self.dataset.sequences, max_len=self.hparams.max_len))
-        for part in ("valid", "test"):
-            samples = getattr(split, part)
-            self.parts[part] = TokenBatches(
-                {
-                    "users": torch.from_numpy(samples.users),
-                    "history": torch.from_numpy(samples.history),
-                    "target": torch.from_numpy(samples.target),
-                }
-            )
+        self.parts = item_sequence_parts(self.dataset, max_len=self.hparams.max_len)
         log.info("rows: %s", {k: len(v) for k, v in self.parts.items()})

@@ -19,9 +19,9 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
+from genrec.causal import CausalBlock, causal_mask, drop_padding_columns
 from genrec.metrics import NDCG_KS, RECALL_KS
 from genrec.training import RankingEvaluator, adamw_warmup_cosine
 
@@ -29,30 +29,6 @@ log = logging.getLogger(__name__)
 
 Loss = Literal["ce", "sampled", "bce"]
 EMBEDDINGS_FILE = "item_embeddings.npy"
-
-
-class CausalBlock(nn.Module):
-    """Pre-LN transformer block: masked multi-head self-attention, then a position-wise feed-forward layer."""
-
-    def __init__(self, *, d_model: int, n_heads: int, dropout: float) -> None:
-        super().__init__()
-        if d_model % n_heads:
-            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
-        self.n_heads, self.p = n_heads, dropout
-        self.attn_norm = nn.LayerNorm(d_model)
-        self.qkv = nn.Linear(d_model, 3 * d_model)
-        self.proj = nn.Linear(d_model, d_model)
-        self.ffn_norm = nn.LayerNorm(d_model)
-        # SASRec §III-B: a two-layer point-wise FFN of the model's width.
-        self.ffn = nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_model, d_model))
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        """x: (b, n, d); allowed: (b, 1, n, n) bool, True where a query position may attend to a key position."""
-        q, k, v = rearrange(self.qkv(self.attn_norm(x)), "b n (three h e) -> three b h n e", three=3, h=self.n_heads)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=self.p if self.training else 0.0)
-        x = x + self.dropout(self.proj(rearrange(a, "b h n e -> b n (h e)")))
-        return x + self.dropout(self.ffn(self.ffn_norm(x)))
 
 
 class SASRec(nn.Module):
@@ -111,10 +87,7 @@ class SASRec(nn.Module):
         positions = torch.arange(self.max_len - n, self.max_len, device=items.device)
         x = self.item_embedding(items + 1) + self.position_embedding(positions)
         x = self.dropout(x * real.unsqueeze(-1))
-        # Causal, and never onto padding; a padding query may see itself so no softmax row is empty (no NaN).
-        eye = torch.eye(n, dtype=torch.bool, device=items.device)
-        causal = torch.ones(n, n, dtype=torch.bool, device=items.device).tril()
-        allowed = causal & (rearrange(real, "b n -> b 1 1 n") | eye)  # (b, 1, n, n)
+        allowed = causal_mask(real)
         for block in self.blocks:
             x = block(x, allowed)
         return self.final_norm(x)
@@ -155,17 +128,6 @@ def next_item_loss(
         negative = (h * items[other]).sum(-1)
         return F.softplus(-positive).mean() + F.softplus(negative).mean()
     raise ValueError(f"loss must be one of {get_args(Loss)}, got {loss!r}")
-
-
-def drop_padding_columns(items: torch.Tensor, *aligned: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Drops the leading columns that are padding in every row of ``items`` (b, n), and the same from ``aligned``.
-
-    Exact for :class:`SASRec` (positions count back from the last slot and padding is never attended to), and the
-    main saving on short-sequence datasets: Beauty's median user has 6 items in a 50-item window.
-    """
-    real = (items >= 0).any(dim=0)
-    start = int(real.int().argmax()) if bool(real.any()) else items.shape[1] - 1
-    return tuple(x[:, start:] for x in (items, *aligned))
 
 
 @dataclass

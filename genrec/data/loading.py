@@ -9,8 +9,12 @@ from __future__ import annotations
 import math
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from genrec.data.dataset import SequenceDataset
+from genrec.data.split import PAD_ITEM, leave_one_out, training_part
 
 
 class TokenBatches(Dataset):
@@ -113,3 +117,56 @@ class SplitDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False, batch_size=self.hparams.eval_batch_size)
+
+
+def training_rows(sequences: list[np.ndarray], *, max_len: int) -> dict[str, torch.Tensor]:
+    """One training row per user with at least 2 training items (the users :func:`leave_one_out` trains on).
+
+    Args:
+        sequences: per user, (m,) int64 dense item indices in chronological order.
+        max_len: row length; a row holds the user's last ``max_len + 1`` training items.
+
+    Returns:
+        ``users`` (r,) int64, ``input`` (r, max_len) int64 left-padded with -1, ``labels`` (r, max_len) int64: the
+        next item at each input position, -1 where the input is padding.
+    """
+    users, inputs, labels = [], [], []
+    for u, seq in enumerate(sequences):
+        train = training_part(seq)[-(max_len + 1) :]  # leave-one-out: without the validation and test targets
+        if len(train) < 2:
+            continue
+        row_in = np.full(max_len, PAD_ITEM, dtype=np.int64)
+        row_out = np.full(max_len, PAD_ITEM, dtype=np.int64)
+        row_in[max_len - len(train) + 1 :] = train[:-1]
+        row_out[max_len - len(train) + 1 :] = train[1:]
+        users.append(u)
+        inputs.append(row_in)
+        labels.append(row_out)
+    if not users:
+        empty = torch.zeros(0, max_len, dtype=torch.long)
+        return {"users": torch.zeros(0, dtype=torch.long), "input": empty, "labels": empty.clone()}
+    return {
+        "users": torch.as_tensor(np.asarray(users, np.int64)),
+        "input": torch.from_numpy(np.stack(inputs)),
+        "labels": torch.from_numpy(np.stack(labels)),
+    }
+
+
+def item_sequence_parts(dataset: SequenceDataset, *, max_len: int) -> dict[str, TokenBatches]:
+    """The split parts of models that read item indices and train at every position (SASRec, parallel IDs).
+
+    ``train``: :func:`training_rows`; ``valid`` / ``test``: exactly the samples of :func:`genrec.data.leave_one_out`
+    as ``users``, ``history`` (b, max_len) left-padded with -1 and ``target`` (b,).
+    """
+    split = leave_one_out(dataset, max_len=max_len)
+    parts = {"train": TokenBatches(training_rows(dataset.sequences, max_len=max_len))}
+    for part in ("valid", "test"):
+        samples = getattr(split, part)
+        parts[part] = TokenBatches(
+            {
+                "users": torch.from_numpy(samples.users),
+                "history": torch.from_numpy(samples.history),
+                "target": torch.from_numpy(samples.target),
+            }
+        )
+    return parts

@@ -15,7 +15,7 @@ import torch
 from einops import rearrange
 
 from genrec.data import Samples, leave_one_out, load_dataset
-from genrec.data.loading import SplitDataModule, TokenBatches
+from genrec.data.loading import SplitDataModule, TokenBatches, item_sequence_parts
 from genrec.seq2seq.catalogue import Catalogue
 from genrec.seq2seq.vocab import PAD_ID, CodeVocab
 from genrec.features import FeatureSource
@@ -213,3 +213,61 @@ class SemanticIdData(SplitDataModule):
             for name in ("train", "valid", "test")
         }
         log.info("samples: %s", {k: len(v) for k, v in self.parts.items()})
+
+
+class SemanticIdSequences(SplitDataModule):
+    """One row of item indices per user with the catalogue's semantic IDs, for causal models trained at every
+    position (the parallel-ID model, :mod:`genrec.seq2seq.parallel`).
+
+    The rows and samples are SASRec's (:func:`genrec.data.loading.item_sequence_parts`): training ``input`` /
+    ``labels`` (b, max_len), evaluation ``history`` (b, max_len) left-padded with -1 and ``target`` (b,), plus
+    ``users``. The IDs travel in :attr:`catalogue`; the artifact must exist (``train.py`` fits a missing one from
+    ``tokenizer_config`` first, :mod:`genrec.pipeline`).
+
+    Args:
+        dataset: bundled name or path.
+        tokenizer: artifact folder, e.g. ``tokenizers/beauty-text-cooc-pq32``.
+        tokenizer_config: YAML config that fits ``tokenizer``; ``train.py`` runs it when the artifact is missing.
+        max_len: history length in items.
+        batch_size: training rows (users) per batch.
+        eval_batch_size: validation / test batch size.
+        num_workers: DataLoader workers (0 is right: batches are single tensor gathers).
+    """
+
+    def __init__(
+        self,
+        *,
+        dataset: str = "amazon-beauty",
+        tokenizer: str = "tokenizers/beauty-text-cooc-pq32",
+        tokenizer_config: str | None = None,
+        max_len: int = 50,
+        batch_size: int = 256,
+        eval_batch_size: int = 1024,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {max_len}")
+        self.save_hyperparameters()
+        self.dataset = load_dataset(dataset)
+        semantic_ids = _load_artifact(tokenizer, tokenizer_config, self.dataset.n_items, dataset)
+        self.catalogue = Catalogue(item_codes=semantic_ids.codes, semantic_ids=semantic_ids)
+
+    # Read by the CLI's argument links (see genrec/cli.py).
+    @property
+    def level_sizes(self) -> tuple[int, ...]:
+        return tuple(self.catalogue.semantic_ids.level_sizes)
+
+    @property
+    def n_items(self) -> int:
+        return self.dataset.n_items
+
+    @property
+    def max_len(self) -> int:
+        return self.hparams.max_len
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.parts:
+            return
+        self.parts = item_sequence_parts(self.dataset, max_len=self.hparams.max_len)
+        log.info("rows: %s", {k: len(v) for k, v in self.parts.items()})

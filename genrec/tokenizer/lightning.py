@@ -27,6 +27,7 @@ from genrec.tokenizer.fitting import (
     datamodule_features,
     derive_input_dim,
 )
+from genrec.tokenizer.product import ProductKMeans
 from genrec.tokenizer.residual import last_level_distances
 from genrec.tokenizer.rq_kmeans import ResidualKMeans
 from genrec.tokenizer.rqvae import RQVAE
@@ -109,6 +110,79 @@ class RQKMeansTokenizer(OneStepTokenizer):
             config={"method": "rq-kmeans", "hparams": dict(self.hparams), "data": data},
             fit_seconds=self.fit_seconds,
             popularity=collision_popularity(self.trainer, self.hparams.collision_order, x.shape[0]),
+        )
+
+
+class ProductKMeansTokenizer(OneStepTokenizer):
+    """Product k-means (RPG's long parallel IDs, :mod:`genrec.tokenizer.product`) under Lightning, in one step.
+
+    Args:
+        output_dir: artifact folder, e.g. ``tokenizers/beauty-text-cooc-pq32``.
+        input_dim: feature width; None to take it from the datamodule.
+        digits: ID length m (one subspace each).
+        codebook_size: codes per digit k.
+        whiten: whiten the principal axes before the random rotation.
+        max_iter: Lloyd iterations at most per digit.
+        tol: relative inertia improvement below which a digit stops.
+        seed: rotation and k-means++ seed.
+        collision: ``"extra_code"`` or ``"reassign"`` (on the last digit) for items whose m codes coincide.
+    """
+
+    method = "product k-means"
+
+    def __init__(
+        self,
+        *,
+        output_dir: str,
+        input_dim: int | None = None,
+        digits: int = 32,
+        codebook_size: int = 256,
+        whiten: bool = False,
+        max_iter: int = 50,
+        tol: float = 1e-4,
+        seed: int = 0,
+        collision: CollisionStrategy = "extra_code",
+    ) -> None:
+        super().__init__()
+        check_collision(collision)
+        self.save_hyperparameters()
+        self.quantizer: ProductKMeans | None = None
+        if input_dim is not None:
+            self._build(input_dim)
+
+    def _build(self, input_dim: int) -> None:
+        hp = self.hparams
+        self.quantizer = ProductKMeans(
+            input_dim=input_dim, digits=hp.digits, codebook_size=hp.codebook_size, whiten=hp.whiten,
+            max_iter=hp.max_iter, tol=hp.tol, seed=hp.seed,
+        )
+
+    def setup(self, stage: str) -> None:
+        features, _ = datamodule_features(self.trainer)
+        if derive_input_dim(self, features):
+            self._build(features.shape[1])
+
+    @property
+    def fitted(self) -> bool:
+        return bool(self.quantizer.fitted)
+
+    def fit_catalogue(self, batch: Tensor, features: Tensor) -> None:
+        self.quantizer.fit(batch)
+
+    def export(self, features: Tensor, data: dict) -> SemanticIds:
+        x = features.to(self.device)
+        return export_tokenizer(
+            self.hparams.output_dir,
+            features=x,
+            raw_codes=self.quantizer.encode(x),
+            last_distances=self.quantizer.last_distances(x),
+            reconstruct=self.quantizer.decode,
+            codebooks=self.quantizer.codebooks,
+            collision=self.hparams.collision,
+            # "levels" names the ID length for tables (genrec.report), as for the residual tokenizers.
+            config={"method": "product k-means", "hparams": {**dict(self.hparams), "levels": self.hparams.digits},
+                    "data": data},
+            fit_seconds=self.fit_seconds,
         )
 
 

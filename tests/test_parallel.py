@@ -1,0 +1,162 @@
+"""Parallel semantic IDs (RPG): product k-means tokenizer, the causal per-digit model, exact catalogue scoring."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from genrec.cli import main
+from genrec.seq2seq.parallel import ParallelIdArchitecture, ParallelIdNetwork, ParallelIdRecommender
+from genrec.tokenizer.artifact import load_tokenizer, save_tokenizer
+from genrec.tokenizer.product import ProductKMeans
+
+from tests.conftest import N_ITEMS, synthetic
+
+ARCH = ParallelIdArchitecture(d_model=16, n_blocks=2, n_heads=2, dropout=0.0)
+
+
+def test_product_kmeans_rotation_is_orthogonal_and_reconstructs_points_it_can_hold():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(12, 10, generator=g) * torch.linspace(3, 0.1, 10)  # unequal variance across axes
+    pq = ProductKMeans(input_dim=10, digits=4, codebook_size=12, seed=3).fit(x)
+    assert pq.sub_dim == 3 and pq.codebooks.shape == (4, 12, 3)  # 10 dims padded to 4 subspaces of 3
+    torch.testing.assert_close(pq.rotation @ pq.rotation.T, torch.eye(10), atol=1e-5, rtol=0)
+    # As many codes as points: every subspace keeps every point, so decode(encode(x)) is x itself.
+    codes = pq.encode(x)
+    assert codes.shape == (12, 4) and codes.dtype == torch.long
+    torch.testing.assert_close(pq.decode(codes), x, atol=1e-4, rtol=0)
+    # The random rotation spreads the variance: no subspace is left with (almost) none of it.
+    share = pq.project(x).var(0).sum(1) / pq.project(x).var(0).sum()
+    assert share.min() > 0.05, share
+
+
+def test_product_kmeans_whitened_still_decodes_and_refuses_too_few_items():
+    x = torch.randn(16, 6, generator=torch.Generator().manual_seed(1)) * torch.tensor([5.0, 2, 1, 1, 0.5, 0.1])
+    pq = ProductKMeans(input_dim=6, digits=3, codebook_size=16, whiten=True).fit(x)
+    torch.testing.assert_close(pq.decode(pq.encode(x)), x, atol=1e-3, rtol=0)
+    with pytest.raises(ValueError, match="8 items cannot fill 16 codes"):
+        ProductKMeans(input_dim=6, digits=3, codebook_size=16).fit(x[:8])
+    with pytest.raises(RuntimeError, match="before fit"):
+        ProductKMeans(input_dim=6, digits=3, codebook_size=4).encode(x)
+
+
+def test_product_tokenizer_writes_unique_long_ids_through_train_py(tmp_path):
+    n = 40
+    dataset = tmp_path / "data"
+    dataset.mkdir()
+    (dataset / "sequences.txt").write_text("".join(f"{u} {u % n + 1} {(u + 1) % n + 1} {(u + 3) % n + 1}\n"
+                                                   for u in range(1, 61)))
+    features = torch.randn(n, 12, generator=torch.Generator().manual_seed(0))
+    features[7] = features[3]  # two items with the same features share all digits: a collision code follows
+    np.save(tmp_path / "f.npy", features.numpy())
+    out = tmp_path / "tok"
+    source = {"class_path": "genrec.features.source.NpyFeatures", "init_args": {"path": str(tmp_path / "f.npy")}}
+    main(["fit", "--model=genrec.tokenizer.lightning.ProductKMeansTokenizer", f"--model.output_dir={out}",
+          "--model.digits=4", "--model.codebook_size=8", "--data=genrec.tokenizer.datamodule.ItemFeatures",
+          f"--data.dataset={dataset}", "--data.batch_size=null",
+          f"--data.sources=[{json.dumps(source)}]",
+          "--trainer.max_epochs=1", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
+          "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu", f"--trainer.default_root_dir={tmp_path}"])
+    ids = load_tokenizer(out)
+    assert ids.codes.shape == (n, 5) and ids.level_sizes[:4] == (8, 8, 8, 8) and ids.level_sizes[4] == 2
+    assert len({tuple(c) for c in ids.codes.tolist()}) == n
+    assert ids.codes[3, :4].tolist() == ids.codes[7, :4].tolist() and ids.codes[3, 4] != ids.codes[7, 4]
+    assert ids.config["method"] == "product k-means" and ids.codebooks.shape == (4, 8, 3)
+
+
+def _network(level_sizes=(5, 5, 5, 2), n_items=30, **kwargs) -> ParallelIdNetwork:
+    torch.manual_seed(0)
+    net = ParallelIdNetwork(level_sizes=level_sizes, n_items=n_items, max_len=6, arch=ARCH, **kwargs)
+    g = torch.Generator().manual_seed(1)
+    codes = torch.stack([torch.randint(s, (n_items,), generator=g) for s in level_sizes], dim=1)
+    net.set_codes(codes)
+    return net.eval()
+
+
+@pytest.mark.parametrize("temperature", [0.07, None])
+def test_scores_are_the_sum_of_each_digits_log_probability(temperature):
+    net = _network(temperature=temperature)
+    history = torch.tensor([[-1, -1, 3, 8, 2], [1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        hidden = net(history)[:, -1]
+        logits = net.code_logits(hidden)
+        scores = net.score_items(hidden)
+    # The collision digit has 2 codes: the other 3 logits of that digit are -inf and get no probability.
+    assert torch.isinf(logits[:, 3, 2:]).all() and torch.isfinite(logits[:, 3, :2]).all()
+    log_probs = logits.double().log_softmax(-1)
+    for item in range(net.item_codes.shape[0]):
+        expected = sum(log_probs[:, d, net.item_codes[item, d]] for d in range(4))
+        torch.testing.assert_close(scores[:, item].double(), expected, atol=1e-4, rtol=0)
+
+
+def test_causal_padding_invariant_and_loss_is_mean_digit_cross_entropy():
+    net = _network(item_embeddings=True)
+    a = torch.tensor([[-1, 4, 9, 1]])
+    b = torch.tensor([[-1, 4, 9, 17]])
+    with torch.no_grad():
+        assert torch.equal(net(a)[:, :3], net(b)[:, :3])  # a later item does not reach earlier positions
+        # Left padding changes nothing: positions count back from the last slot.
+        torch.testing.assert_close(net(a)[:, 1:], net(torch.tensor([[-1, -1, -1, 4, 9, 1]]))[:, 3:])
+    labels = torch.tensor([[-1, 9, 1, 5]])
+    hidden = net(a)
+    logits = net.code_logits(hidden[0, 1:])  # positions with a label
+    target = net.item_codes[torch.tensor([9, 1, 5])]
+    expected = torch.stack([F.cross_entropy(logits[:, d], target[:, d]) for d in range(4)]).mean()
+    torch.testing.assert_close(net.loss(hidden, labels), expected)
+
+
+def test_item_embeddings_start_at_zero_and_codes_are_checked():
+    plain, levered = _network(), _network(item_embeddings=True)
+    history = torch.tensor([[2, 7, 11]])
+    with torch.no_grad():
+        torch.testing.assert_close(levered.embed_items(history), plain.embed_items(history))
+    with pytest.raises(ValueError, match="item 4: code 2 of digit 3 is outside"):
+        bad = plain.item_codes.clone()
+        bad[4, 3] = 2
+        plain.set_codes(bad)
+    with pytest.raises(ValueError, match="shape"):
+        plain.set_codes(plain.item_codes[:5])
+
+
+def _walk_tokenizer(tmp_path):
+    """The walk's items (27) as 6 parallel digits: the base-3 digits of i and of 26 - i, plus a constant."""
+    i = torch.arange(N_ITEMS)
+    j = N_ITEMS - 1 - i
+    codes = torch.stack([i // 9, (i // 3) % 3, i % 3, j // 9, (j // 3) % 3, j % 3], dim=1)
+    return save_tokenizer(tmp_path / "walk-pq", codes=codes, level_sizes=(3,) * 6, codebooks=None, config={},
+                          metrics={}, fingerprint="synthetic", plot=False)
+
+
+def test_learns_the_walk_through_the_cli_and_reloads_from_its_checkpoint(tmp_path, capsys):
+    dataset, _ = synthetic(tmp_path)
+    tokenizer = _walk_tokenizer(tmp_path)
+    out = tmp_path / "run"
+    cli = main([
+        "fit", "--model=genrec.seq2seq.parallel.ParallelIdRecommender", "--model.arch.d_model=32",
+        "--model.arch.dropout=0.0", "--model.arch.n_heads=2", "--model.lr=0.003", "--model.warmup_steps=5",
+        "--data=genrec.seq2seq.data.SemanticIdSequences", f"--data.dataset={dataset}", f"--data.tokenizer={tokenizer}",
+        "--data.max_len=5", "--data.batch_size=27", "--data.eval_batch_size=64",
+        "--trainer.logger=false", "--trainer.accelerator=cpu", "--trainer.devices=1",
+        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.max_epochs=40",
+        "--trainer.check_val_every_n_epoch=40", f"--trainer.default_root_dir={out}", "--seed_everything=0",
+        "--test_after_fit=true", "--examples=1",
+    ])
+    model = cli.model
+    # Linked from the data: the artifact's digits, the catalogue size, the history length.
+    assert tuple(model.hparams.level_sizes) == (3,) * 6 and model.hparams.n_items == N_ITEMS and model.hparams.max_len == 5
+    metrics = cli.trainer.callback_metrics
+    assert metrics["test/recall@1"] >= 0.9, metrics
+    assert metrics["test/invalid"] == 0 and metrics["test/repeated"] == 0
+    assert "recommended:" in capsys.readouterr().out  # the examples after the test
+    best = cli.trainer.checkpoint_callback.best_model_path
+    loaded = ParallelIdRecommender.load_from_checkpoint(best, map_location="cpu").eval()
+    assert torch.equal(loaded.model.item_codes, load_tokenizer(tokenizer).codes)  # the catalogue came with it
+    history = cli.datamodule.parts["test"][list(range(20))]["history"]
+    model.eval()
+    assert torch.equal(loaded.recommend(history), model.recommend(history))
+    with pytest.raises(ValueError, match="at least one item"):
+        loaded.recommend(torch.full((1, 3), -1))
