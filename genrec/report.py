@@ -46,7 +46,7 @@ DEFAULT_DIRS = ("runs/records", "benchmarks/records")
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 # LightningModule class -> the name used in papers and in the table.
-MODEL_NAMES = {"GenerativeRecommender": "TIGER", "SASRecRecommender": "SASRec"}
+MODEL_NAMES = {"GenerativeRecommender": "TIGER", "SASRecRecommender": "SASRec", "ParallelIdRecommender": "RPG"}
 # Feature source class (tokenizer artifact config.json, data.sources[].type) -> short name.
 FEATURE_NAMES = {
     "TextEmbeddings": "text",

@@ -160,3 +160,20 @@ def test_learns_the_walk_through_the_cli_and_reloads_from_its_checkpoint(tmp_pat
     assert torch.equal(loaded.recommend(history), model.recommend(history))
     with pytest.raises(ValueError, match="at least one item"):
         loaded.recommend(torch.full((1, 3), -1))
+
+
+def test_catalogue_softmax_normalises_over_the_ids_that_exist_and_ranks_as_the_digits_do():
+    digits, catalogue = _network(), _network(softmax="catalogue")
+    history = torch.tensor([[-1, 3, 8, 2], [1, 2, 3, 4]])
+    labels = torch.tensor([[-1, 8, 2, 11], [2, 3, 4, 0]])
+    with torch.no_grad():
+        hidden = catalogue(history)
+        logits = catalogue.code_logits(hidden[labels >= 0])
+        # An item's logit is the sum of its digits' logits; the softmax runs over the 30 items only.
+        item_logits = torch.stack([sum(logits[:, d, catalogue.item_codes[i, d]] for d in range(4)) for i in range(30)], 1)
+        torch.testing.assert_close(catalogue.loss(hidden, labels), F.cross_entropy(item_logits, labels[labels >= 0]))
+        scores = catalogue.score_items(hidden[:, -1])
+        torch.testing.assert_close(scores.exp().sum(1), torch.ones(2))  # a distribution over the catalogue
+        assert torch.equal(scores.argsort(1, descending=True), digits.score_items(hidden[:, -1]).argsort(1, descending=True))
+    with pytest.raises(ValueError, match="softmax must be one of"):
+        _network(softmax="items")
