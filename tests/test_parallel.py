@@ -177,3 +177,17 @@ def test_catalogue_softmax_normalises_over_the_ids_that_exist_and_ranks_as_the_d
         assert torch.equal(scores.argsort(1, descending=True), digits.score_items(hidden[:, -1]).argsort(1, descending=True))
     with pytest.raises(ValueError, match="softmax must be one of"):
         _network(softmax="items")
+
+
+def test_code_logits_stay_float32_under_bf16_autocast():
+    net = _network(softmax="catalogue")
+    history = torch.tensor([[-1, 3, 8, 2], [1, 2, 3, 4]])
+    with torch.no_grad():
+        exact = net.score_items(net(history)[:, -1])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            hidden = net(history)[:, -1]
+            logits = net.code_logits(hidden)
+            scores = net.score_items(hidden)
+    assert logits.dtype == torch.float32 and scores.dtype == torch.float32
+    # Only the backbone ran in bf16: the scores stay close to the float32 ones.
+    assert (scores - exact).abs().max() < 0.5

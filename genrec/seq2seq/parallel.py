@@ -166,15 +166,21 @@ class ParallelIdNetwork(nn.Module):
         return self.final_norm(x)
 
     def code_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(p, d) hidden states -> (p, m, k) logits of every code of every digit; -inf for codes that do not exist."""
-        queries = rearrange(self.heads(hidden), "p (m d) -> p m d", m=self.digits)
-        codes = self.code_embedding(self.digit_tokens)  # (m, k, d), tied with the input
-        if self.temperature is not None:
-            queries, codes = F.normalize(queries, dim=-1), F.normalize(codes, dim=-1)
-        logits = torch.einsum("pmd,mkd->pmk", queries, codes)
-        if self.temperature is not None:
-            logits = logits / self.temperature
-        return logits.masked_fill(~self.digit_valid, float("-inf"))
+        """(p, d) hidden states -> (p, m, k) float32 logits of every code of every digit; -inf for codes that do not
+        exist.
+
+        Always in float32, also under bf16 autocast: an item's score sums m of these logits, and bf16's 8-bit
+        mantissa would leave a resolution of about 1 on scores of a few hundred, enough to reorder the top-K.
+        """
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            queries = rearrange(self.heads(hidden.float()), "p (m d) -> p m d", m=self.digits)
+            codes = self.code_embedding(self.digit_tokens).float()  # (m, k, d), tied with the input
+            if self.temperature is not None:
+                queries, codes = F.normalize(queries, dim=-1), F.normalize(codes, dim=-1)
+            logits = torch.einsum("pmd,mkd->pmk", queries, codes)
+            if self.temperature is not None:
+                logits = logits / self.temperature
+            return logits.masked_fill(~self.digit_valid, float("-inf"))
 
     def per_item(self, table: torch.Tensor) -> torch.Tensor:
         """(b, m, k) per-code values -> (b, n_items): each item's sum over digits of the value of its code.
