@@ -1,4 +1,5 @@
-"""Top-K recommendations from a trained generative recommender, by constrained beam search.
+"""Top-K recommendations from a trained generative recommender: constrained beam search (the T5 systems) or
+exact scoring of the whole catalogue (the parallel-ID model).
 
 Input, either
   * JSON lines ``{"user": ..., "history": [dataset item ids, oldest first]}`` from ``--input FILE`` or stdin
@@ -36,7 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--checkpoint", required=True, help="Lightning checkpoint of a GenerativeRecommender")
+    p.add_argument("--checkpoint", required=True,
+                   help="Lightning checkpoint of a GenerativeRecommender or a ParallelIdRecommender")
     p.add_argument("--dataset", help="dataset name or path (default: the one recorded in the checkpoint)")
     p.add_argument("--max-len", type=int, help="history length in items (default: the one recorded in the checkpoint)")
     source = p.add_mutually_exclusive_group()
@@ -45,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--holdout", type=int, default=0, help="with --users: drop each user's last N items first (1: test)")
     p.add_argument("--output", help="JSON-lines output file (default: stdout)")
     p.add_argument("--top-k", type=int, default=10, help="items per user (default: 10)")
-    p.add_argument("--beam-width", type=int, help="beams kept per level (default: max(20, top-k))")
+    p.add_argument("--beam-width", type=int, help="beams kept per level, T5 systems (default: max(20, top-k))")
     p.add_argument("--batch-size", type=int, default=256, help="users per beam search (default: 256)")
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")

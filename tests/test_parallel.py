@@ -161,6 +161,17 @@ def test_learns_the_walk_through_the_cli_and_reloads_from_its_checkpoint(tmp_pat
     with pytest.raises(ValueError, match="at least one item"):
         loaded.recommend(torch.full((1, 3), -1))
 
+    # recommend.py serves the checkpoint: dataset ids in and out, the next step of each walk first.
+    import recommend
+
+    histories = [[3, 4, 5], [26, 27, 1, 2]]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"user": n, "history": h}) + "\n" for n, h in enumerate(histories)))
+    assert recommend.main(["--checkpoint", best, "--input", str(tmp_path / "in.jsonl"), "--output",
+                           str(tmp_path / "out.jsonl"), "--top-k", "5", "--device", "cpu"]) == 0
+    out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [o["items"][0] for o in out] == [6, 3]
+    assert all(len(o["items"]) == 5 and o["scores"] == sorted(o["scores"], reverse=True) for o in out)
+
 
 def test_catalogue_softmax_normalises_over_the_ids_that_exist_and_ranks_as_the_digits_do():
     digits, catalogue = _network(), _network(softmax="catalogue")

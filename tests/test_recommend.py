@@ -126,3 +126,42 @@ def test_a_dataset_with_other_items_is_refused(trained, tmp_path, capsys):
     assert "catalogue has 27 items but dataset" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         recommend.main(["--checkpoint", str(trained.checkpoint), "--input", "-", "--holdout", "1"])
+
+
+class _RunsCode:
+    """Unpickling this calls ``Path.touch`` on a marker: what a crafted checkpoint would do with a shell command."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _bad_checkpoint(kind: str, trained: TrainedWalk, path: Path) -> None:
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        data = trained.checkpoint.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "garbage":
+        path.write_bytes(bytes(range(256)) * 8)
+    elif kind == "code":
+        torch.save({"state_dict": {}, "hyper_parameters": {"x": _RunsCode(path.with_suffix(".ran"))}}, path)
+    elif kind == "not lightning":
+        torch.save({"weights": torch.zeros(3)}, path)
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("empty", "is empty"), ("truncated", "not a readable PyTorch checkpoint"),
+    ("garbage", "not a readable PyTorch checkpoint"), ("code", "other than tensors and plain data, refused"),
+    ("not lightning", "not a Lightning checkpoint"),
+])
+def test_bad_checkpoints_are_refused_in_one_line_without_running_code(kind, message, trained, tmp_path, capsys):
+    bad = tmp_path / "bad.ckpt"
+    _bad_checkpoint(kind, trained, bad)
+    assert recommend.main(["--checkpoint", str(bad), "--users", "1", "--device", "cpu"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("recommend.py: error: checkpoint ") and str(bad) in error and message in error, error
+    assert "\n" not in error
+    assert not bad.with_suffix(".ran").exists()  # the crafted object was never unpickled into a call

@@ -4,7 +4,8 @@ A request is a user and a history of *dataset* item ids; the answer is one JSON-
 order, with the top-K dataset item ids, their log-probabilities and (where the dataset has item text) titles.
 Requests are encoded exactly as in training (:func:`genrec.seq2seq.data.encode_histories`: left padding to the
 model's ``max_len``, the most recent items kept, the hashed user token first when the model has one) and decoded
-in batches by constrained beam search. Bad requests become error lines, never exceptions, so one bad user cannot
+in batches by constrained beam search (T5 systems) or by scoring the whole catalogue (the parallel-ID model,
+:mod:`genrec.seq2seq.parallel`). Bad requests become error lines, never exceptions, so one bad user cannot
 sink a batch.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -28,6 +30,10 @@ from genrec.data.split import PAD_ITEM
 from genrec.decoding import BeamSearchOutput
 from genrec.seq2seq.data import encode_histories
 from genrec.seq2seq.module import GenerativeRecommender
+from genrec.seq2seq.parallel import ParallelIdRecommender, Ranking
+
+MODELS = (GenerativeRecommender, ParallelIdRecommender)
+"""The checkpoint classes recommend.py serves (and their subclasses, e.g. MMGRec's, which load as themselves)."""
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +78,34 @@ def user_hash(user: Any) -> int:
     return zlib.crc32(json.dumps(user, sort_keys=True).encode())
 
 
+def read_checkpoint(path: Path) -> dict:
+    """The contents of a Lightning checkpoint, loaded safely: tensors and plain Python data only.
+
+    ``weights_only=True`` refuses any pickled object that is not on torch's allow-list, so a crafted file cannot run
+    code here; genrec's own checkpoints hold only such data (hyperparameters as plain dicts). mmap leaves the
+    weights on disk; only the hyperparameters are read by the caller.
+
+    Raises:
+        ValueError: the file is empty, truncated or corrupt, or holds objects that are not plain data, with the
+            file named.
+    """
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {path} is empty (0 bytes): was it written completely?")
+    try:
+        saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"checkpoint {path} holds objects other than tensors and plain data, refused: {first}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"checkpoint {path} is not a readable PyTorch checkpoint (truncated or corrupt?): {first}") from None
+    if not isinstance(saved, dict) or "state_dict" not in saved:
+        raise ValueError(f"checkpoint {path} is not a Lightning checkpoint (no state_dict)")
+    return saved
+
+
 class Recommender:
-    """A trained :class:`GenerativeRecommender` with the dataset that maps its item indices to ids and titles.
+    """A trained generative model (:data:`MODELS`) with the dataset that maps its item indices to ids and titles.
 
     Args:
         model: a model with its catalogue set (as restored from a checkpoint), on the device to run on.
@@ -81,8 +113,8 @@ class Recommender:
         max_len: history length in items the model was trained with.
     """
 
-    def __init__(self, model: GenerativeRecommender, dataset: SequenceDataset, max_len: int) -> None:
-        if model.item_codes is None or model.index is None:
+    def __init__(self, model: GenerativeRecommender | ParallelIdRecommender, dataset: SequenceDataset, max_len: int) -> None:
+        if model.item_codes is None:
             raise ValueError("the model has no catalogue (item codes): it cannot decode")
         if len(model.item_codes) != dataset.n_items:
             raise ValueError(
@@ -92,12 +124,16 @@ class Recommender:
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
         self.model = model.eval()
-        self.model.index = self.model.index.to(model.device)
+        # T5 systems read history tokens and decode by beam search; the parallel-ID model reads item indices.
+        self.beam = isinstance(model, GenerativeRecommender)
+        self.table = None
+        if self.beam:
+            self.model.index = self.model.index.to(model.device)
+            self.table = model.token_table()  # (n_items + 1, tokens per item)
         self.dataset = dataset
         self.max_len = max_len
         self.items = IdLookup(dataset.item_ids)
         self.users = IdLookup(dataset.user_ids)
-        self.table = model.token_table()  # (n_items + 1, tokens per item)
         self.titles: list[str] | None = None
         if dataset.items is not None:
             titles = item_texts(dataset, "{title}")[0]
@@ -113,10 +149,11 @@ class Recommender:
         max_len: int | None = None,
         device: str | torch.device = "cpu",
     ) -> Recommender:
-        """Loads a Lightning checkpoint of :class:`GenerativeRecommender` trained with ``SemanticIdData``.
+        """Loads a Lightning checkpoint of a :data:`MODELS` class trained with its semantic-ID datamodule.
 
         Args:
-            checkpoint: the ``.ckpt`` file (a trusted file: it is unpickled).
+            checkpoint: the ``.ckpt`` file, read with ``weights_only=True`` (tensors and plain data only: a file that
+                would run code when unpickled is refused, see :func:`read_checkpoint`).
             dataset: overrides the dataset recorded in the checkpoint's datamodule hyperparameters.
             max_len: overrides the history length recorded there.
             device: where the model runs.
@@ -124,8 +161,7 @@ class Recommender:
         checkpoint = Path(checkpoint)
         if not checkpoint.is_file():
             raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} does not exist")
-        # Only the hyperparameters are read here; mmap leaves the weights on disk until the real load below.
-        saved = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False)
+        saved = read_checkpoint(checkpoint)
         data_hparams = dict(saved.get("datamodule_hyper_parameters") or {})
         # LightningCLI records the model's class; the systems built on GenerativeRecommender load as themselves.
         class_path = (saved.get("hyper_parameters") or {}).get("_class_path")
@@ -136,8 +172,9 @@ class Recommender:
 
             module_name, _, name = class_path.rpartition(".")
             model_class = getattr(importlib.import_module(module_name), name)
-            if not (isinstance(model_class, type) and issubclass(model_class, GenerativeRecommender)):
-                raise ValueError(f"{checkpoint} holds a {class_path}, not a semantic-ID GenerativeRecommender")
+            if not (isinstance(model_class, type) and issubclass(model_class, MODELS)):
+                names = " or ".join(m.__name__ for m in MODELS)
+                raise ValueError(f"{checkpoint} holds a {class_path}, not a semantic-ID model ({names})")
         dataset = dataset or data_hparams.get("dataset")
         max_len = max_len or data_hparams.get("max_len")
         if dataset is None or max_len is None:
@@ -149,7 +186,7 @@ class Recommender:
             data = load_dataset(dataset)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{e} (the dataset recorded in {checkpoint}; pass --dataset to override)") from None
-        model = model_class.load_from_checkpoint(checkpoint, map_location=device)
+        model = model_class.load_from_checkpoint(checkpoint, map_location=device, weights_only=True)
         return cls(model, data, int(max_len))
 
     @property
@@ -215,7 +252,7 @@ class Recommender:
         index = self.users.get(user)
         if index is not None:
             return index
-        if self.model.vocab.n_user_buckets:
+        if self.beam and self.model.vocab.n_user_buckets:
             if not self.hashed_users:
                 log.warning("user %s is not in the dataset: its user token is a hashed bucket", json.dumps(user))
             self.hashed_users += 1
@@ -230,15 +267,19 @@ class Recommender:
             history[row, self.max_len - len(recent) :] = recent
         users = torch.tensor([r.user_index for r in requests], dtype=torch.long, device=self.device)
         history = torch.from_numpy(history).to(self.device)
+        if not self.beam:
+            return {"history": history, "users": users}
         tokens = encode_histories(history, table=self.table, vocab=self.model.vocab, users=users)
         return {**tokens, "history": history, "users": users}
 
-    def recommend(self, requests: list[Request], *, top_k: int, beam_width: int) -> BeamSearchOutput:
-        """Beam search for a batch of requests (one model call, no loop over users)."""
+    def recommend(self, requests: list[Request], *, top_k: int, beam_width: int) -> BeamSearchOutput | Ranking:
+        """Top-K of a batch of requests in one model call (no loop over users); ``beam_width`` is for beam search."""
+        if not self.beam:
+            return self.model.recommend_batch(self.encode(requests), top_k=min(top_k, self.dataset.n_items))
         return self.model.recommend_batch(self.encode(requests), top_k=top_k, beam_width=beam_width)
 
-    def answer(self, requests: list[Request], out: BeamSearchOutput) -> list[Line]:
-        """Output lines for ``requests`` from their beam search output (dataset ids, best first)."""
+    def answer(self, requests: list[Request], out: BeamSearchOutput | Ranking) -> list[Line]:
+        """Output lines for ``requests`` from their ranked items (dataset ids, best first)."""
         lines = []
         for request, items, scores in zip(requests, out.items.tolist(), out.scores.tolist()):
             # -1: fewer valid items than top_k (a catalogue smaller than top_k).

@@ -275,6 +275,11 @@ class ParallelIdRecommender(pl.LightningModule):
                                         ("catalogue softmax", self.hparams.softmax == "catalogue")) if on]
         return f"RPG ({', '.join(levers)})" if levers else "RPG"
 
+    @property
+    def item_codes(self) -> torch.Tensor | None:
+        """(n_items, m) int64 semantic IDs of the catalogue, None before :meth:`set_catalogue`."""
+        return self.model.item_codes if bool(self.has_catalogue) else None
+
     def set_catalogue(self, codes: torch.Tensor) -> None:
         """Sets the catalogue's semantic IDs, (n_items, m) int64."""
         self.model.set_codes(codes.to(self.device))
