@@ -158,6 +158,7 @@ def write_record(
     from genrec.data.dataset import dataset_name
 
     features, tokenizer = describe_features(datamodule)
+    partial = partial_test(trainer)
     dataset = getattr(getattr(datamodule, "dataset", None), "name", None) or "?"
     now = datetime.now(timezone.utc)
     record = {
@@ -174,9 +175,12 @@ def write_record(
         "command": " ".join(sys.argv),
         "config": config,
     }
+    if partial:
+        record["partial"] = True
+        record["notes"] = f"partial test set ({partial}): left out of the results table"
     out = Path(directory or os.environ.get("GENREC_RECORDS") or DEFAULT_DIRS[0])
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{now:%Y%m%dT%H%M%SZ}-{type(model).__name__}-{dataset_name(dataset)}"
+    stem = f"{now:%Y%m%dT%H%M%SZ}-{type(model).__name__}-{dataset_name(dataset)}{'-partial' if partial else ''}"
     path, n = out / f"{stem}.json", 1
     while path.exists():  # two runs finishing in the same second
         n += 1
@@ -184,6 +188,17 @@ def write_record(
     path.write_text(json.dumps(record, indent=2) + "\n")
     log.info("run record written to %s", path)
     return path
+
+
+def partial_test(trainer: Any) -> str:
+    """Why a run tested only part of the test split ("" when it tested all of it): ``fast_dev_run`` or a
+    ``limit_test_batches`` other than 1.0 (an integer limit counts as partial even where it covers every batch)."""
+    if getattr(trainer, "fast_dev_run", False):
+        return "fast_dev_run"
+    limit = getattr(trainer, "limit_test_batches", 1.0)
+    if limit is not None and not (isinstance(limit, float) and limit == 1.0):
+        return f"limit_test_batches={limit}"
+    return ""
 
 
 # ---------------------------------------------------------------------------------------------------- reading
@@ -254,7 +269,9 @@ def _row(cells: Sequence[str]) -> str:
 def render(records: Sequence[Mapping[str, Any]]) -> str:
     """The markdown results table of the records (sorted by dataset, model, features, tokenizer, date), their
     commands and notes, then the published anchors."""
-    ordered = sorted(records, key=lambda r: (r["dataset"], r["model"], r["features"], r["tokenizer"], r["date"]))
+    partial = sum(1 for r in records if r.get("partial"))
+    whole = [r for r in records if not r.get("partial")]
+    ordered = sorted(whole, key=lambda r: (r["dataset"], r["model"], r["features"], r["tokenizer"], r["date"]))
     metric_heads = [name.replace("recall", "R").replace("ndcg", "N") for name in METRICS]
     lines = [
         "Measured by genrec (one row per run record; `python -m genrec.report` regenerates this table):",
@@ -273,6 +290,9 @@ def render(records: Sequence[Mapping[str, Any]]) -> str:
     for i, r in enumerate(ordered, 1):
         note = f" {r['notes']}" if r.get("notes") else ""
         lines.append(f"{i}. `{r['command']}`{note}")
+    if partial:
+        lines.append(f"\n({partial} record{'s' if partial > 1 else ''} of runs that tested part of the test split "
+                     "left out.)")
     lines += [
         "",
         "**Published** numbers on the same splits (as printed in the papers, not measured by genrec; — not reported):",

@@ -147,3 +147,21 @@ def test_features_and_tokenizer_labels_of_the_seed_systems():
     for content in ([cli_source], [NpyFeatures(path="x.npy")]):
         colarec = catalogue(artifact(sasrec), hparams={"content_sources": content})
         assert describe_features(colarec)[0] == "sasrec | content: " + ("text" if content[0] is cli_source else "NpyFeatures")
+
+
+def test_a_partial_test_run_writes_a_marked_record_that_the_table_leaves_out(tmp_path, monkeypatch):
+    dataset, tokenizer = synthetic(tmp_path, users=40)
+    monkeypatch.setenv("GENREC_RECORDS", str(tmp_path / "records"))
+    config = tmp_path / "tiny.yaml"
+    config.write_text("test_after_fit: true\nexamples: 0\n")
+    cli_main(["fit", f"--config={config}", *cli_args(dataset, tokenizer, tmp_path / "run", "--trainer.max_steps=3",
+                                                     "--trainer.limit_test_batches=1")])
+    [path] = (tmp_path / "records").glob("*.json")
+    assert path.name.endswith("-walk-partial.json")
+    loaded = load_record(path)
+    assert loaded["partial"] is True and "limit_test_batches=1" in loaded["notes"]
+    whole = write(tmp_path / "records", "whole.json", record(model="SASRec"))
+    table = render(load_records([tmp_path / "records"]))
+    assert "| 1 | SASRec |" in table and "| 2 |" not in table  # the measured rows: the whole-test run alone
+    assert "(1 record of runs that tested part of the test split left out.)" in table
+    assert load_record(whole).get("partial") is None
