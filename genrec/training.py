@@ -1,12 +1,16 @@
-"""Pieces every genrec LightningModule shares: the optimiser schedule, the BPR loss and the leave-one-out
-evaluator."""
+"""Pieces every genrec LightningModule shares: the optimiser schedule, the BPR loss, the leave-one-out evaluator and
+the callback that keeps ``last.ckpt`` the last model."""
 
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
+import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torchmetrics import MeanMetric
 
@@ -70,3 +74,47 @@ class RankingEvaluator(nn.Module):
             metric.update(per_user)
             out[name] = metric
         return out
+
+
+class LastCheckpoint(Callback):
+    """Keeps ``last.ckpt`` the model as it is now: written after every training epoch and when fit ends.
+
+    Lightning's ``ModelCheckpoint(save_last=True)`` beside a ``monitor`` writes ``last.ckpt`` only when it saves a
+    monitored checkpoint too (Lightning 2.6), so with validation every few epochs it can hold an earlier step, and a
+    rerun into the same folder writes ``last-v1.ckpt`` beside a stale ``last.ckpt``. This callback writes to a
+    temporary file and renames it over ``last.ckpt``, so the file is always whole and always the latest step, also
+    for a resumed or repeated run. It goes into the folder of the trainer's ``ModelCheckpoint`` (the best
+    checkpoints' folder), else ``<default_root_dir>/checkpoints``.
+
+    Args:
+        filename: the name of the file in that folder.
+    """
+
+    def __init__(self, filename: str = "last.ckpt") -> None:
+        super().__init__()
+        if not filename.endswith(".ckpt") or "/" in filename:
+            raise ValueError(f"filename must be a bare name ending in .ckpt, got {filename!r}")
+        self.filename = filename
+        self._saved_step: int | None = None
+
+    def path(self, trainer: pl.Trainer) -> Path:
+        """Where ``last.ckpt`` goes for this trainer."""
+        folder = getattr(trainer.checkpoint_callback, "dirpath", None)
+        return Path(folder or Path(trainer.default_root_dir) / "checkpoints") / self.filename
+
+    def _save(self, trainer: pl.Trainer) -> None:
+        if trainer.sanity_checking or trainer.global_step == self._saved_step or getattr(trainer, "fast_dev_run", False):
+            return
+        path = self.path(trainer)
+        partial = path.with_name(f".{path.name}.partial")
+        trainer.save_checkpoint(partial)  # every rank calls it; rank zero writes
+        if trainer.is_global_zero:
+            os.replace(partial, path)
+        trainer.strategy.barrier("genrec-last-checkpoint")
+        self._saved_step = trainer.global_step
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._save(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._save(trainer)  # a run stopped by max_steps mid-epoch

@@ -1,0 +1,33 @@
+"""``last.ckpt`` is the last model: after the final step of every run, whole, and replaced (not versioned) on reruns."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from genrec.cli import main
+from tests.conftest import cli_args, synthetic
+
+CALLBACKS = json.dumps([
+    {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+     "init_args": {"monitor": "val/ndcg@10", "mode": "max", "filename": "best-{epoch}"}},
+    {"class_path": "genrec.training.LastCheckpoint"},
+])
+
+
+def test_last_ckpt_holds_the_final_step_even_when_validation_skips_the_last_epoch(tmp_path):
+    dataset, tokenizer = synthetic(tmp_path, users=40)
+    run = tmp_path / "run"
+    args = ["fit", *cli_args(dataset, tokenizer, run, "--trainer.max_epochs=3", "--trainer.check_val_every_n_epoch=2",
+                             "--trainer.limit_val_batches=1", f"--trainer.callbacks={CALLBACKS}")]
+    for attempt in range(2):  # the second run writes into the same folder
+        cli = main(args)
+        steps = cli.trainer.global_step
+        last = run / "checkpoints" / "last.ckpt"
+        saved = torch.load(last, map_location="cpu", weights_only=True)
+        # Validation ran at epoch 2 only (step 8 of 12): Lightning's save_last would have left step 8 here.
+        assert saved["global_step"] == steps == 12 and saved["epoch"] == 2, attempt
+        assert not list(run.rglob("last-v*.ckpt")) and not list(run.rglob(".*.partial")), attempt
+    best = cli.trainer.checkpoint_callback.best_model_path
+    assert torch.load(best, map_location="cpu", weights_only=True)["global_step"] == 8
