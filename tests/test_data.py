@@ -131,9 +131,31 @@ def test_item_missing_text_is_an_error_when_required_and_counted_otherwise(tmp_p
     assert ds.items == [{"title": "a"}, {}, {}]
 
 
+def test_csv_columns_are_chosen_by_their_header_names(tmp_path):
+    # MovieLens' own ratings.csv: the timestamp is the 4th column and the rating the 3rd.
+    (tmp_path / "ml.csv").write_text("userId,movieId,rating,timestamp\n1,10,5,300\n1,20,1,100\n1,30,3,200\n2,10,4,9\n")
+    ds = load_dataset(tmp_path / "ml.csv")
+    assert [[ds.item_ids[i] for i in s] for s in ds.sequences] == [["20", "30", "10"], ["10"]]
+    # Extra columns are ignored; names are case- and separator-insensitive.
+    (tmp_path / "x.tsv").write_text("Item_ID\tsession\tUser-Id\tTime\na\tq\tu1\t2\nb\tq\tu1\t1\n")
+    ds = load_dataset(tmp_path / "x.tsv")
+    assert ds.user_ids == ["u1"] and [[ds.item_ids[i] for i in s] for s in ds.sequences] == [["b", "a"]]
+
+
+@pytest.mark.parametrize(("header", "message"), [
+    ("user,item,rating", r"header 'user,item,rating' has no timestamp column; name the columns user,item,timestamp"),
+    ("userId,movieId,timestamp,time", r"header names 2 timestamp columns \('timestamp', 'time'\): keep one"),
+    ("a,b,c", r"header 'a,b,c' has no user / item / timestamp column"),
+])
+def test_a_header_that_does_not_say_which_column_is_which_is_refused(tmp_path, header, message):
+    (tmp_path / "h.csv").write_text(f"{header}\n1,2,3,4\n")
+    with pytest.raises(DataFormatError, match=r"h.csv:1: " + message):
+        load_dataset(tmp_path / "h.csv")
+
+
 def test_bad_csv_and_recbole(tmp_path):
     (tmp_path / "a.csv").write_text("u,i,t\n1,2,3\n1,2\n")
-    with pytest.raises(DataFormatError, match=r"a.csv:3: expected 3 or 4 columns"):
+    with pytest.raises(DataFormatError, match=r"a.csv:3: expected at least 3 columns \(as the header names\), got 2"):
         load_dataset(tmp_path / "a.csv")
     (tmp_path / "b.csv").write_text("1,2,3\n1,2,later\n")
     with pytest.raises(DataFormatError, match=r"b.csv:2: expected a numeric timestamp, got 'later'"):

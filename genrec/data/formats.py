@@ -4,7 +4,7 @@ Every reader returns raw user sequences (dataset ids, chronological) and optiona
 :class:`DataFormatError` naming the file, the line and what was expected when the input is malformed.
 
 - ``sequences.txt``: ``user_id item_id item_id ...`` per line (integer ids, P5 style), optional ``items.jsonl``.
-- an interactions table ``user,item,timestamp[,rating]`` (CSV or TSV, header optional).
+- an interactions table ``user,item,timestamp[,rating]`` (CSV or TSV; a header row chooses the columns by name).
 - RecBole atomic files: ``<name>.inter`` and optional ``<name>.item`` with typed headers (``item_id:token``).
 
 Files may be gzip-compressed (``.gz``).
@@ -142,9 +142,53 @@ def _sniff_delimiter(path: Path, first: str) -> str:
     raise DataFormatError(path, 1, "cannot tell the delimiter: expected a .csv or .tsv file")
 
 
-def read_interactions(path: str | Path) -> RawData:
-    """Reads an interactions table ``user,item,timestamp[,rating]`` (CSV or TSV, optional header).
+# Header names of the interaction-table columns, compared case-insensitively with "_", "-" and " " removed.
+COLUMN_NAMES = {
+    "user": ("user", "u", "userid", "uid", "reviewerid", "customerid", "visitorid", "sessionid"),
+    "item": ("item", "i", "itemid", "iid", "movieid", "productid", "asin", "trackid", "songid", "bookid", "isbn"),
+    "timestamp": ("timestamp", "t", "time", "ts", "datetime", "date", "unixtime", "unixreviewtime", "eventtime"),
+    "rating": ("rating", "score", "stars", "overall", "value"),
+}
 
+
+def _header_columns(path: Path, header: list[str]) -> dict[str, int]:
+    """Column index of user, item, timestamp (and rating, if any) from a header row; errors name what is wrong."""
+    roles: dict[str, list[int]] = defaultdict(list)
+    for index, cell in enumerate(header):
+        key = cell.strip().lower().split(":")[0].replace("_", "").replace("-", "").replace(" ", "")
+        for role, names in COLUMN_NAMES.items():
+            if key in names:
+                roles[role].append(index)
+    for role, found in roles.items():
+        if len(found) > 1:
+            names = ", ".join(repr(header[i]) for i in found)
+            raise DataFormatError(path, 1, f"header names {len(found)} {role} columns ({names}): keep one")
+    missing = [role for role in ("user", "item", "timestamp") if role not in roles]
+    if missing:
+        raise DataFormatError(
+            path, 1,
+            f"header {','.join(header)!r} has no {' / '.join(missing)} column; name the columns "
+            f"user,item,timestamp[,rating] (accepted names for the timestamp: {', '.join(COLUMN_NAMES['timestamp'])})",
+        )
+    return {role: found[0] for role, found in roles.items()}
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def read_interactions(path: str | Path) -> RawData:
+    """Reads an interactions table (CSV or TSV): ``user,item,timestamp[,rating]`` by position, or any columns by a
+    header row.
+
+    A first row whose timestamp position is not a number is a header: its names choose the columns (e.g.
+    MovieLens' ``userId,movieId,rating,timestamp``; :data:`COLUMN_NAMES` lists the names accepted), other columns
+    are ignored, and a header without a user, item or timestamp column, or with two of one, is an error rather
+    than a guess. Without a header the columns are user, item, timestamp and an optional rating, in that order.
     Each user's items are ordered by timestamp (stable, so ties keep file order).
     """
     path = Path(path)
@@ -158,27 +202,30 @@ def read_interactions(path: str | Path) -> RawData:
     per_user: dict[str, list[tuple[float, int, str]]] = defaultdict(list)
     order: list[str] = []
     count = 0
+    columns: dict[str, int] | None = None  # from a header; None: by position
     for number, row in enumerate(reader, start=1):
         if not row or all(not c.strip() for c in row):
             continue
-        if len(row) not in (3, 4):
+        if number == 1 and (len(row) < 3 or not _is_number(row[2].strip())):
+            columns = _header_columns(path, row)
+            continue
+        if columns is None and len(row) not in (3, 4):
             raise DataFormatError(
                 path, number, f"expected 3 or 4 columns (user, item, timestamp[, rating]), got {len(row)}"
             )
-        user, item, stamp = (c.strip() for c in row[:3])
+        if columns is not None and len(row) <= max(columns.values()):
+            need = max(columns.values()) + 1
+            raise DataFormatError(path, number, f"expected at least {need} columns (as the header names), got {len(row)}")
+        where = columns or {"user": 0, "item": 1, "timestamp": 2, **({"rating": 3} if len(row) == 4 else {})}
+        user, item, stamp = (row[where[role]].strip() for role in ("user", "item", "timestamp"))
         try:
             t = float(stamp)
         except ValueError:
-            if number == 1 and count == 0:
-                continue  # a header row
             raise DataFormatError(path, number, f"expected a numeric timestamp, got {stamp!r}") from None
         if not user or not item:
             raise DataFormatError(path, number, "empty user or item id")
-        if len(row) == 4:
-            try:
-                float(row[3])
-            except ValueError:
-                raise DataFormatError(path, number, f"expected a numeric rating, got {row[3]!r}") from None
+        if "rating" in where and not _is_number(row[where["rating"]]):
+            raise DataFormatError(path, number, f"expected a numeric rating, got {row[where['rating']]!r}")
         if user not in per_user:
             order.append(user)
         per_user[user].append((t, number, item))
