@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             path = args.input or "-"
             source = "<stdin>" if path == "-" else path
             try:
-                lines = sys.stdin if path == "-" else stack.enter_context(open(path, encoding="utf-8"))
+                # Bytes: each line is decoded on its own, so one that is not UTF-8 becomes its own error line.
+                lines = sys.stdin.buffer if path == "-" else stack.enter_context(open(path, "rb"))
             except OSError as e:
                 print(f"recommend.py: error: cannot read --input {path}: {e}", file=sys.stderr)
                 return 2
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.enter_context(logging_redirect_tqdm())
         start, n_users, n_errors = time.perf_counter(), 0, 0
         for line in recommender.run(requests, top_k=args.top_k, beam_width=args.beam_width, batch_size=args.batch_size):
-            out.write(json.dumps(line) + "\n")
+            out.write(json.dumps(line, allow_nan=False) + "\n")
             n_users += 1
             n_errors += "error" in line
             bar.update(1)

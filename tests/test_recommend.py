@@ -165,3 +165,21 @@ def test_bad_checkpoints_are_refused_in_one_line_without_running_code(kind, mess
     assert error.startswith("recommend.py: error: checkpoint ") and str(bad) in error and message in error, error
     assert "\n" not in error
     assert not bad.with_suffix(".ran").exists()  # the crafted object was never unpickled into a call
+
+
+def test_a_line_that_is_not_utf8_or_holds_nan_is_an_error_line_and_its_batch_is_still_answered(trained, tmp_path):
+    good = [json.dumps({"user": u, "history": walk(s, 3)}).encode() for u, s in (("a", 4), ("b", 7), ("c", 11))]
+    lines = [good[0], b'{"user": "caf\xe9", "history": [1, 2]}', good[1], b'{"user": NaN, "history": [1, 2]}',
+             b'{"user": "inf", "history": [Infinity]}', good[2]]
+    (tmp_path / "in.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    argv = ["--checkpoint", str(trained.checkpoint), "--input", str(tmp_path / "in.jsonl"), "--output",
+            str(tmp_path / "out.jsonl"), "--device", "cpu", "--batch-size", "16"]
+    assert recommend.main(argv) == 0
+    text = (tmp_path / "out.jsonl").read_text(encoding="utf-8")
+    out = [json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in the output")) for line in text.splitlines()]
+    assert [o["items"][0] for o in out if "items" in o] == [7, 10, 14]  # the good lines around the bad ones
+    errors = {o["line"]: o["error"] for o in out if "error" in o}
+    assert set(errors) == {2, 4, 5}
+    assert "in.jsonl line 2: not UTF-8 text (byte 13: invalid continuation byte)" in errors[2]
+    assert "line 4: invalid JSON (NaN is not a JSON value)" in errors[4]
+    assert "line 5: invalid JSON (Infinity is not a JSON value)" in errors[5]

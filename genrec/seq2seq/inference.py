@@ -73,6 +73,11 @@ class IdLookup:
         return self.index.get(str(raw)) if found is None else found
 
 
+def _refuse_constant(name: str) -> None:
+    """``json.loads``' hook for NaN / Infinity, which Python accepts but JSON does not (and could not echo back)."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def user_hash(user: Any) -> int:
     """A stable user index for users outside the dataset: their bucket is arbitrary, but the same on every run."""
     return zlib.crc32(json.dumps(user, sort_keys=True).encode())
@@ -194,18 +199,24 @@ class Recommender:
         return self.model.device
 
     # --- requests -------------------------------------------------------------------------------------------
-    def parse_line(self, text: str, number: int, source: str = "<stdin>") -> Request | Line | None:
-        """Parses one input line ``{"user": ..., "history": [item ids]}``.
+    def parse_line(self, text: str | bytes, number: int, source: str = "<stdin>") -> Request | Line | None:
+        """Parses one input line ``{"user": ..., "history": [item ids]}`` (text, or bytes to decode as UTF-8).
 
         Unknown item ids are logged (user, ids, line) and skipped. Returns the request, an error line for a line
-        that gives nothing to recommend from, or ``None`` for a blank line.
+        that gives nothing to recommend from (not UTF-8, not JSON, NaN or Infinity, no history), or ``None`` for a
+        blank line.
         """
+        where = f"{source} line {number}"
+        if isinstance(text, bytes):
+            try:
+                text = text.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return {"user": None, "line": number, "error": f"{where}: not UTF-8 text (byte {e.start}: {e.reason})"}
         if not text.strip():
             return None
-        where = f"{source} line {number}"
         try:
-            record = json.loads(text)
-        except json.JSONDecodeError as e:
+            record = json.loads(text, parse_constant=_refuse_constant)
+        except ValueError as e:  # json.JSONDecodeError is one
             return {"user": None, "line": number, "error": f"{where}: invalid JSON ({e})"}
         if not isinstance(record, dict):
             got = type(record).__name__
