@@ -202,3 +202,19 @@ def test_code_logits_stay_float32_under_bf16_autocast():
     assert logits.dtype == torch.float32 and scores.dtype == torch.float32
     # Only the backbone ran in bf16: the scores stay close to the float32 ones.
     assert (scores - exact).abs().max() < 0.5
+
+
+def test_a_tokenizer_fitted_on_another_dataset_is_refused_even_with_the_same_item_count(tmp_path):
+    from genrec.seq2seq.data import SemanticIdData, SemanticIdSequences
+
+    dataset, _ = synthetic(tmp_path)
+    twin, _ = synthetic(tmp_path / "twin")  # another dataset of the same 27 items
+    i = torch.arange(N_ITEMS)
+    codes = torch.stack([i // 9, (i // 3) % 3, i % 3], dim=1)
+    artifact = save_tokenizer(tmp_path / "tok", codes=codes, level_sizes=(3, 3, 3), codebooks=None,
+                              config={"data": {"dataset": str(twin)}}, metrics={}, fingerprint="x", plot=False)
+    for data in (SemanticIdData, SemanticIdSequences):
+        with pytest.raises(ValueError, match=r"was fitted on dataset .*twin/walk.* not on .*: its codes belong to other"):
+            data(dataset=str(dataset), tokenizer=str(artifact))
+        data(dataset=str(twin), tokenizer=str(artifact))  # its own dataset, named by the same path
+        data(dataset=str(twin) + "/", tokenizer=str(artifact))  # or by another spelling of it

@@ -33,6 +33,17 @@ class Modality:
     """YAML config that fits ``tokenizer`` when it does not exist yet."""
 
 
+def same_dataset(a: str, b: str) -> bool:
+    """Whether two dataset names or paths are the same dataset: the same bundled name or resolved path (by name
+    when one no longer exists where it was)."""
+    from genrec.data.dataset import dataset_name, resolve
+
+    try:
+        return resolve(a).resolve() == resolve(b).resolve()
+    except FileNotFoundError:
+        return dataset_name(a) == dataset_name(b)
+
+
 def _load_artifact(tokenizer: str, tokenizer_config: str | None, n_items: int, dataset: str):
     """Loads a tokenizer artifact fitted on ``dataset`` (``train.py`` fits a missing one first: genrec.pipeline)."""
     from genrec.tokenizer.artifact import load_tokenizer
@@ -41,6 +52,12 @@ def _load_artifact(tokenizer: str, tokenizer_config: str | None, n_items: int, d
         how = f"python train.py fit --config {tokenizer_config}" if tokenizer_config else "a tokenizer config"
         raise FileNotFoundError(f"tokenizer artifact {tokenizer!r} does not exist: fit it first ({how})")
     ids = load_tokenizer(tokenizer)
+    fitted_on = (ids.config.get("data") or {}).get("dataset")
+    if fitted_on is not None and not same_dataset(fitted_on, dataset):
+        raise ValueError(
+            f"tokenizer {tokenizer} was fitted on dataset {fitted_on!r} (its config.json), not on {dataset!r}: its "
+            "codes belong to other items; fit one for this dataset"
+        )
     if ids.n_items != n_items:
         raise ValueError(
             f"tokenizer {tokenizer} has {ids.n_items} items but dataset {dataset!r} has {n_items}: it was fitted on "
