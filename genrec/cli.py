@@ -80,7 +80,8 @@ class GenRecCLI(LightningCLI):
             return
         callback = self.trainer.checkpoint_callback
         best = getattr(callback, "best_model_path", "") or None
-        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best)
+        # weights_only: the checkpoint is read as tensors and plain data (genrec checkpoints hold nothing else).
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best, weights_only=True)
         self._report()
 
     def after_test(self) -> None:
