@@ -69,6 +69,16 @@ def required_artifacts(data: Any) -> list[Artifact]:
     return needed
 
 
+def _present(artifact: Artifact) -> bool:
+    """Whether an artifact is there whole: a feature file exists; a tokenizer folder has its manifest (an empty or
+    half-written folder, e.g. after a killed fit, counts as missing and is made again)."""
+    if artifact.made_by:
+        return Path(artifact.path).is_file()
+    from genrec.tokenizer.artifact import is_complete
+
+    return is_complete(artifact.path)
+
+
 def fit_missing(data: Any, *, run: Callable[[str], object]) -> list[Artifact]:
     """Fits every missing artifact of a ``data`` config node with its own config.
 
@@ -78,14 +88,14 @@ def fit_missing(data: Any, *, run: Callable[[str], object]) -> list[Artifact]:
             ``lambda args: main(["fit", *args])``.
 
     Returns:
-        The artifacts that were fitted (empty when all existed).
+        The artifacts that were fitted (empty when all existed whole).
 
     Raises:
         FileNotFoundError: an artifact is missing and has no config, or its config ran but did not write it.
     """
     fitted = []
     for artifact in required_artifacts(data):
-        if Path(artifact.path).exists():
+        if _present(artifact):
             continue
         args = artifact.fit_args()
         if not args:
@@ -95,7 +105,7 @@ def fit_missing(data: Any, *, run: Callable[[str], object]) -> list[Artifact]:
         command = "train.py fit " + " ".join(args)
         log.info("%s is missing: making it with %s", artifact.path, command)
         run(args)
-        if not Path(artifact.path).exists():
+        if not _present(artifact):
             raise FileNotFoundError(f"{command} ran but did not write {artifact.path!r}: check where it writes")
         fitted.append(artifact)
     return fitted

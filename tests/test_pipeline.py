@@ -15,6 +15,7 @@ from genrec.cli import main
 from genrec.features import NpyFeatures
 from genrec.pipeline import Artifact, fit_missing, required_artifacts
 from genrec.seq2seq.data import SemanticIdData
+from genrec.tokenizer.artifact import save_tokenizer
 from tests.conftest import N_ITEMS, cli_args, synthetic
 
 
@@ -55,14 +56,23 @@ def test_required_artifacts_reads_the_data_config():
 
 
 def test_fit_missing_runs_each_missing_config_once_and_checks_its_output(tmp_path):
-    present = tmp_path / "present"
-    present.mkdir()
+    present = save_tokenizer(tmp_path / "present", codes=torch.tensor([[0], [1]]), level_sizes=(2,), codebooks=None,
+                             config={}, metrics={}, fingerprint="x", plot=False)
+    half = tmp_path / "half"  # what a killed fit of an older genrec left: a folder without the manifest
+    half.mkdir()
+    (half / "codes.npy").write_bytes(b"")
     data = {"init_args": {"tokenizer": str(present), "tokenizer_config": "unused.yaml",
-                          "input_modalities": [{"tokenizer": str(tmp_path / "missing"), "tokenizer_config": "m.yaml"}]}}
+                          "input_modalities": [{"tokenizer": str(tmp_path / "missing"), "tokenizer_config": "m.yaml"},
+                                               {"tokenizer": str(half), "tokenizer_config": "h.yaml"}]}}
     ran = []
     with pytest.raises(FileNotFoundError, match="m.yaml ran but did not write"):
         fit_missing(data, run=ran.append)
-    assert ran == [["--config", "m.yaml"]]  # the present artifact is never refitted
+    assert ran == [["--config", "m.yaml"]]  # the whole artifact is never refitted
+    ran.clear()
+    data["init_args"]["input_modalities"].pop(0)
+    with pytest.raises(FileNotFoundError, match="h.yaml ran but did not write"):
+        fit_missing(data, run=ran.append)
+    assert ran == [["--config", "h.yaml"]]  # the half-written folder is made again
     with pytest.raises(FileNotFoundError, match="no tokenizer_config"):
         fit_missing({"init_args": {"tokenizer": str(tmp_path / "missing")}}, run=ran.append)
 

@@ -280,8 +280,8 @@ def test_fingerprint_depends_on_shape_and_values():
 
 
 def test_load_tokenizer_rejects_missing_or_duplicate(tmp_path):
-    with pytest.raises(FileNotFoundError, match="has no codes.npy"):
-        load_tokenizer(tmp_path)
+    with pytest.raises(ValueError, match=r"is incomplete \(no manifest.json"):
+        load_tokenizer(tmp_path)  # an empty folder
     kwargs = dict(level_sizes=(2, 2), codebooks=None, config={}, metrics={}, fingerprint="x", plot=False)
     with pytest.raises(ValueError, match="not unique"):
         save_tokenizer(tmp_path / "dup", codes=torch.tensor([[0, 1], [0, 1]]), **kwargs)
