@@ -198,3 +198,28 @@ def test_bundled_beauty_items_all_have_text():
     ds = load_dataset("amazon-beauty", require_text=True)
     assert len(ds.items) == ds.n_items and all(r.get("title") for r in ds.items)
     assert ds.item_ids[:3] == [1, 2, 3] and isinstance(ds.sequences[0], np.ndarray)
+
+
+def test_bytes_that_are_not_utf8_and_truncated_gzip_are_errors_naming_file_and_line(tmp_path):
+    import gzip
+
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "sequences.txt").write_bytes(b"1 2 3\n2 3 4\n3 4 \xff5\n")
+    with pytest.raises(DataFormatError, match=r"sequences.txt:3: not UTF-8 text \(byte 4: invalid start byte\)"):
+        load_dataset(tmp_path / "bad")
+    (tmp_path / "t.csv").write_bytes("user,item,timestamp\nA,caf\u00e9,1\n".encode("latin-1"))
+    with pytest.raises(DataFormatError, match=r"t.csv:2: not UTF-8 text"):
+        load_dataset(tmp_path / "t.csv")
+    whole = gzip.compress(("".join(f"{u} {u + 1} {u + 2}\n" for u in range(1, 2000))).encode())
+    (tmp_path / "gz").mkdir()
+    (tmp_path / "gz" / "sequences.txt.gz").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(DataFormatError, match=r"sequences.txt.gz:\d+: truncated or corrupt gzip file"):
+        load_dataset(tmp_path / "gz")
+
+
+def test_an_empty_recbole_id_is_an_error_not_a_user(tmp_path):
+    d = tmp_path / "rb"
+    d.mkdir()
+    (d / "rb.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n1\t5\t1\n\t6\t2\n")
+    with pytest.raises(DataFormatError, match=r"rb.inter:3: empty user_id"):
+        load_dataset(d)

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import json
 import logging
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,14 +53,6 @@ class RawData:
     dropped: dict[str, int] = field(default_factory=dict)
 
 
-def open_text(path: str | Path) -> io.TextIOBase:
-    """Opens a text file for reading, transparently gunzipping ``*.gz``."""
-    path = Path(path)
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
-
-
 def find_file(directory: Path, name: str) -> Path | None:
     """``directory/name`` or its ``.gz`` twin, whichever exists."""
     for candidate in (directory / name, directory / f"{name}.gz"):
@@ -70,9 +62,24 @@ def find_file(directory: Path, name: str) -> Path | None:
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    with open_text(path) as f:
-        for number, line in enumerate(f, start=1):
-            yield number, line.rstrip("\r\n")
+    """``(line number, text)`` of a text file (gunzipped if ``*.gz``), each line decoded as UTF-8 on its own.
+
+    Raises:
+        DataFormatError: naming the file and the line, for a line that is not UTF-8 or a gzip file that is
+            truncated or corrupt (the lines before it were read).
+    """
+    opener = gzip.open if path.suffix == ".gz" else open
+    number = 0
+    try:
+        with opener(path, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataFormatError(path, number, f"not UTF-8 text (byte {e.start}: {e.reason})") from None
+                yield number, text.rstrip("\r\n")
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataFormatError(path, number + 1, f"truncated or corrupt gzip file ({e})") from None
 
 
 def _parse_int(token: str, path: Path, line: int, what: str) -> int:
@@ -192,9 +199,7 @@ def read_interactions(path: str | Path) -> RawData:
     Each user's items are ordered by timestamp (stable, so ties keep file order).
     """
     path = Path(path)
-    with open_text(path) as f:
-        text = f.read()
-    rows = text.splitlines()
+    rows = [line for _, line in _lines(path)]
     if not rows:
         raise DataFormatError(path, None, "no interactions found (empty file)")
     delimiter = _sniff_delimiter(path, rows[0])
@@ -284,6 +289,8 @@ def read_recbole(inter_path: str | Path) -> RawData:
     order: list[str] = []
     for number, values in rows:
         user, item = values[u_col].strip(), values[i_col].strip()
+        if not user or not item:
+            raise DataFormatError(inter_path, number, f"empty {'user_id' if not user else 'item_id'}")
         t = 0.0
         if t_col is not None:
             try:
