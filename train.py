@@ -3,7 +3,9 @@
 Models and data modules are named in the config by ``class_path`` (Lightning CLI subclass mode); see ``configs/``.
 """
 
-from genrec.cli import main
+import sys
+
+from genrec.cli import entry
 
 if __name__ == "__main__":
-    main()
+    sys.exit(entry())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import sys
 import time
 
 from lightning.pytorch.cli import LightningCLI
@@ -115,3 +116,33 @@ def main(args: list[str] | None = None, *, run: bool = True) -> LightningCLI:
         args=args,
         run=run,
     )
+
+
+def input_error(error: BaseException) -> BaseException | None:
+    """The bad-input error (a data file or a tokenizer artifact) behind ``error``, if any: jsonargparse wraps an
+    error raised while it builds the datamodule in its own, so the chain of causes is searched."""
+    from genrec.data import DataFormatError
+    from genrec.tokenizer.artifact import ArtifactError
+
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, (DataFormatError, ArtifactError)):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def entry(args: list[str] | None = None) -> int:
+    """``train.py``: :func:`main`, with bad input reported as one line naming the file and line (exit 2) instead of
+    a chained traceback; any other error propagates as it is."""
+    try:
+        main(args)
+    except Exception as error:  # noqa: BLE001 -- re-raised unless it is bad input
+        cause = input_error(error)
+        if cause is None:
+            raise
+        print(f"train.py: error: {cause}", file=sys.stderr)
+        return 2
+    return 0
+

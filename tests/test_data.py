@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -201,8 +204,6 @@ def test_bundled_beauty_items_all_have_text():
 
 
 def test_bytes_that_are_not_utf8_and_truncated_gzip_are_errors_naming_file_and_line(tmp_path):
-    import gzip
-
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "sequences.txt").write_bytes(b"1 2 3\n2 3 4\n3 4 \xff5\n")
     with pytest.raises(DataFormatError, match=r"sequences.txt:3: not UTF-8 text \(byte 4: invalid start byte\)"):
@@ -223,3 +224,16 @@ def test_an_empty_recbole_id_is_an_error_not_a_user(tmp_path):
     (d / "rb.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n1\t5\t1\n\t6\t2\n")
     with pytest.raises(DataFormatError, match=r"rb.inter:3: empty user_id"):
         load_dataset(d)
+
+
+def test_train_py_reports_bad_data_in_one_line_with_exit_2(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    bad = write_sequences_dataset(tmp_path / "bad", ["1 2 3", "1 4 5"])
+    result = subprocess.run(
+        [sys.executable, "train.py", "fit", "--config", "configs/base/baseline.yaml", "--config",
+         "configs/sasrec/beauty.yaml", f"--data.init_args.dataset={bad}", "--trainer.logger=false"],
+        cwd=root, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if "Traceback" in line or line.startswith("train.py:")]
+    assert errors == [f"train.py: error: {bad}/sequences.txt:2: user 1 is listed twice (first on line 1)"]
