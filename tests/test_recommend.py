@@ -123,7 +123,14 @@ def test_a_dataset_with_other_items_is_refused(trained, tmp_path, capsys):
     other = write_sequences_dataset(tmp_path / "other", ["1 1 2 3", "2 3 2 1"])
     code = recommend.main(["--checkpoint", str(trained.checkpoint), "--dataset", str(other), "--users", "all"])
     assert code == 2
-    assert "catalogue has 27 items but dataset" in capsys.readouterr().err
+    assert f"was trained on dataset {str(trained.dataset)!r}, not {str(other)!r}" in capsys.readouterr().err
+    # Another dataset with the same 27 items is refused the same way: item counts are no identity.
+    twin = write_sequences_dataset(tmp_path / "twin", [f"{u} " + " ".join(str(i) for i in range(1, 28)) for u in (1, 2)])
+    assert recommend.main(["--checkpoint", str(trained.checkpoint), "--dataset", str(twin), "--users", "1"]) == 2
+    assert "was trained on dataset" in capsys.readouterr().err
+    # The dataset it was trained on, named by another spelling of its path, is accepted.
+    assert recommend.main(["--checkpoint", str(trained.checkpoint), "--dataset", f"{trained.dataset}/", "--users", "1",
+                           "--output", str(tmp_path / "o.jsonl")]) == 0
     with pytest.raises(SystemExit):
         recommend.main(["--checkpoint", str(trained.checkpoint), "--input", "-", "--holdout", "1"])
 

@@ -28,7 +28,7 @@ from genrec.data import SequenceDataset, load_dataset
 from genrec.features.text import item_texts
 from genrec.data.split import PAD_ITEM
 from genrec.decoding import BeamSearchOutput
-from genrec.seq2seq.data import encode_histories
+from genrec.seq2seq.data import encode_histories, same_dataset
 from genrec.seq2seq.module import GenerativeRecommender
 from genrec.seq2seq.parallel import ParallelIdRecommender, Ranking
 
@@ -180,7 +180,13 @@ class Recommender:
             if not (isinstance(model_class, type) and issubclass(model_class, MODELS)):
                 names = " or ".join(m.__name__ for m in MODELS)
                 raise ValueError(f"{checkpoint} holds a {class_path}, not a semantic-ID model ({names})")
-        dataset = dataset or data_hparams.get("dataset")
+        recorded = data_hparams.get("dataset")
+        if dataset is not None and recorded is not None and not same_dataset(str(recorded), str(dataset)):
+            raise ValueError(
+                f"{checkpoint} was trained on dataset {recorded!r}, not {dataset!r}: its items are another "
+                "catalogue's (leave out --dataset, or pass the dataset it was trained on)"
+            )
+        dataset = dataset or recorded
         max_len = max_len or data_hparams.get("max_len")
         if dataset is None or max_len is None:
             raise ValueError(
