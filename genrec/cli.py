@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 
 from lightning.pytorch.cli import LightningCLI
 
@@ -106,9 +107,25 @@ class GenRecCLI(LightningCLI):
             print_examples(self.model, self.datamodule, count=count)
 
 
+class _DropNotices(logging.Filter):
+    """Drops third-party notices a genrec user cannot act on: Lightning's advertisement for its cloud logger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def _quiet_third_party() -> None:
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropNotices) for f in logger.filters):
+        logger.addFilter(_DropNotices())
+    # Lightning 2.6 on torch 2.13 warns about its own use of a torch pytree API at every step it flattens.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
 def main(args: list[str] | None = None, *, run: bool = True) -> LightningCLI:
     """Runs ``fit|validate|test|predict`` from a YAML config (or builds the objects only, with ``run=False``)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _quiet_third_party()
     return GenRecCLI(
         subclass_mode_model=True,
         subclass_mode_data=True,

@@ -107,7 +107,7 @@ class LastCheckpoint(Callback):
             return
         path = self.path(trainer)
         partial = path.with_name(f".{path.name}.partial")
-        trainer.save_checkpoint(partial)  # every rank calls it; rank zero writes
+        trainer.save_checkpoint(partial, weights_only=False)  # every rank calls it; rank zero writes
         if trainer.is_global_zero:
             os.replace(partial, path)
         trainer.strategy.barrier("genrec-last-checkpoint")

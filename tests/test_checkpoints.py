@@ -1,4 +1,5 @@
-"""``last.ckpt`` is the last model: after the final step of every run, whole, and replaced (not versioned) on reruns."""
+"""``last.ckpt`` is the last model: after the final step of every run, whole, and replaced (not versioned) on reruns;
+and a run prints no third-party notice its user cannot act on."""
 
 from __future__ import annotations
 
@@ -31,3 +32,15 @@ def test_last_ckpt_holds_the_final_step_even_when_validation_skips_the_last_epoc
         assert not list(run.rglob("last-v*.ckpt")) and not list(run.rglob(".*.partial")), attempt
     best = cli.trainer.checkpoint_callback.best_model_path
     assert torch.load(best, map_location="cpu", weights_only=True)["global_step"] == 8
+
+
+def test_a_run_shows_no_notice_the_user_cannot_act_on(tmp_path, caplog, recwarn):
+    import logging
+
+    dataset, tokenizer = synthetic(tmp_path, users=40)
+    with caplog.at_level(logging.INFO):
+        main(["fit", *cli_args(dataset, tokenizer, tmp_path / "run", "--trainer.max_steps=2",
+                               "--trainer.limit_val_batches=1", f"--trainer.callbacks={CALLBACKS}")])
+    text = caplog.text + " ".join(str(w.message) for w in recwarn)
+    assert "litlogger" not in text and "LeafSpec" not in text and "`weights_only` was not set" not in text
+    assert "genrec" in caplog.text  # genrec's own messages still come through
