@@ -109,6 +109,15 @@ def dataset_name(dataset: str | Path) -> str:
     return path.name.split(".")[0] or "dataset"
 
 
+def same_dataset(a: str | Path, b: str | Path) -> bool:
+    """Whether two dataset names or paths are the same dataset: the same bundled name or resolved path (by name
+    when one no longer exists where it was)."""
+    try:
+        return resolve(a).resolve() == resolve(b).resolve()
+    except FileNotFoundError:
+        return dataset_name(a) == dataset_name(b)
+
+
 def _read(path: Path) -> tuple[RawData, Path | None]:
     """Reads whichever format ``path`` holds; also returns the items file it read, if any."""
     if path.is_dir():

@@ -15,6 +15,7 @@ import torch
 from einops import rearrange
 
 from genrec.data import Samples, leave_one_out, load_dataset
+from genrec.data.dataset import same_dataset
 from genrec.data.loading import SplitDataModule, TokenBatches, item_sequence_parts
 from genrec.seq2seq.catalogue import Catalogue
 from genrec.seq2seq.vocab import PAD_ID, CodeVocab
@@ -31,17 +32,6 @@ class Modality:
     """Artifact folder, e.g. ``tokenizers/beauty-rqkmeans``."""
     tokenizer_config: str | None = None
     """YAML config that fits ``tokenizer`` when it does not exist yet."""
-
-
-def same_dataset(a: str, b: str) -> bool:
-    """Whether two dataset names or paths are the same dataset: the same bundled name or resolved path (by name
-    when one no longer exists where it was)."""
-    from genrec.data.dataset import dataset_name, resolve
-
-    try:
-        return resolve(a).resolve() == resolve(b).resolve()
-    except FileNotFoundError:
-        return dataset_name(a) == dataset_name(b)
 
 
 def _load_artifact(tokenizer: str, tokenizer_config: str | None, n_items: int, dataset: str):

@@ -25,10 +25,11 @@ import numpy as np
 import torch
 
 from genrec.data import SequenceDataset, load_dataset
+from genrec.data.dataset import same_dataset
 from genrec.features.text import item_texts
 from genrec.data.split import PAD_ITEM
 from genrec.decoding import BeamSearchOutput
-from genrec.seq2seq.data import encode_histories, same_dataset
+from genrec.seq2seq.data import encode_histories
 from genrec.seq2seq.module import GenerativeRecommender
 from genrec.seq2seq.parallel import ParallelIdRecommender, Ranking
 
@@ -98,12 +99,11 @@ def read_checkpoint(path: Path) -> dict:
         raise ValueError(f"checkpoint {path} is empty (0 bytes): was it written completely?")
     try:
         saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except pickle.UnpicklingError as e:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"checkpoint {path} holds objects other than tensors and plain data, refused: {first}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"checkpoint {path} is not a readable PyTorch checkpoint (truncated or corrupt?): {first}") from None
+        what = ("holds objects other than tensors and plain data, refused" if isinstance(e, pickle.UnpicklingError)
+                else "is not a readable PyTorch checkpoint (truncated or corrupt?)")
+        raise ValueError(f"checkpoint {path} {what}: {first}") from None
     if not isinstance(saved, dict) or "state_dict" not in saved:
         raise ValueError(f"checkpoint {path} is not a Lightning checkpoint (no state_dict)")
     return saved

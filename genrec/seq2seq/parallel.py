@@ -133,8 +133,8 @@ class ParallelIdNetwork(nn.Module):
         self.item_codes.copy_(codes)
 
     def embed_items(self, items: torch.Tensor) -> torch.Tensor:
-        """(b, n) item indices (-1 padding) -> (b, n, d): its code embeddings [+ item-ID embedding], 0 at padding."""
-        real = items >= 0
+        """(b, n) item indices (-1 padding) -> (b, n, d): its code embeddings [+ item-ID embedding]; padding positions
+        hold item 0's, which :meth:`forward` zeroes with the positional embedding."""
         safe = items.clamp(min=0)
         # Summed over digits and scaled by 1/sqrt(m): the item vector starts at the codes' own scale, as SASRec's
         # does (a plain mean would shrink it sqrt(m) times below the positional embedding at initialisation).
@@ -143,7 +143,7 @@ class ParallelIdNetwork(nn.Module):
         x = rearrange(x, "(b n) d -> b n d", b=items.shape[0])
         if self.item_embedding is not None:
             x = x + self.item_embedding(safe)
-        return x * real.unsqueeze(-1)
+        return x
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         """Hidden states of a left-padded batch, SASRec's way.
@@ -292,7 +292,8 @@ class ParallelIdRecommender(pl.LightningModule):
 
     # --- training -------------------------------------------------------------------------------------------
     def forward(self, items: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean per-digit next-item loss of a batch; items and labels (b, n) int64, -1 for padding / no label."""
+        """Next-item loss of a batch (:meth:`ParallelIdNetwork.loss`); items and labels (b, n) int64, -1 for padding /
+        no label."""
         items, labels = drop_padding_columns(items, labels)
         return self.model.loss(self.model(items), labels)
 

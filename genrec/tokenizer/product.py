@@ -18,7 +18,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from genrec.tokenizer.kmeans import kmeans, nearest_centroid
+from genrec.tokenizer.kmeans import kmeans, nearest_centroid, squared_distances
 
 
 class ProductQuantization(NamedTuple):
@@ -110,16 +110,16 @@ class ProductKMeans(nn.Module):
 
     def quantize(self, x: Tensor) -> ProductQuantization:
         """Nearest code of every subspace, and the reconstruction of ``x`` (b, d) float from them."""
-        if not bool(self.fitted):
-            raise RuntimeError("ProductKMeans.quantize called before fit()")
-        parts = self.project(x)
-        codes = torch.stack([nearest_centroid(parts[:, j].contiguous(), self.codebooks[j])[0]
-                             for j in range(self.digits)], dim=1)
+        codes = self.encode(x)
         return ProductQuantization(codes=codes, quantized=self.decode(codes))
 
     def encode(self, x: Tensor) -> Tensor:
-        """(b, d) float -> (b, m) int64 codes."""
-        return self.quantize(x).codes
+        """(b, d) float -> (b, m) int64 codes: the nearest code of every subspace."""
+        if not bool(self.fitted):
+            raise RuntimeError("ProductKMeans.encode called before fit()")
+        parts = self.project(x)
+        return torch.stack([nearest_centroid(parts[:, j].contiguous(), self.codebooks[j])[0]
+                            for j in range(self.digits)], dim=1)
 
     def decode(self, codes: Tensor) -> Tensor:
         """(b, m) int64 codes -> (b, d) float reconstruction in the input space (the rotation is orthogonal unless
@@ -132,5 +132,4 @@ class ProductKMeans(nn.Module):
 
     def last_distances(self, x: Tensor) -> Tensor:
         """(b, k) squared distance of each item's last sub-vector to each code of the last digit (for collisions)."""
-        last = self.project(x)[:, -1]
-        return torch.cdist(last, self.codebooks[-1]).pow(2)
+        return squared_distances(self.project(x)[:, -1], self.codebooks[-1])
