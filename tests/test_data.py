@@ -237,3 +237,79 @@ def test_train_py_reports_bad_data_in_one_line_with_exit_2(tmp_path):
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if "Traceback" in line or line.startswith("train.py:")]
     assert errors == [f"train.py: error: {bad}/sequences.txt:2: user 1 is listed twice (first on line 1)"]
+
+
+def _brute_force_trim(batch: dict, mask: str, names: tuple[str, ...]) -> dict:
+    """The leading columns where ``mask`` is 0 in every row, dropped by looking at the batch itself."""
+    import torch
+
+    real = batch[mask].bool().any(0)
+    start = int(real.int().argmax()) if bool(real.any()) else 0
+    return {k: v[:, start:] if k in names else v for k, v in batch.items()}
+
+
+def test_token_batches_trim_from_host_side_starts_exactly_as_by_looking_at_the_batch():
+    import torch
+
+    from genrec.data.loading import TokenBatches
+
+    g = torch.Generator().manual_seed(0)
+    n, width = 40, 9
+    lengths = torch.randint(0, width + 1, (n,), generator=g)  # 0: a row of padding only
+    left = (torch.arange(width) >= width - lengths[:, None]).long()  # left-padded
+    scattered = (torch.rand(n, width, generator=g) < 0.3).long()  # any pattern: trimming is column-wise
+    for mask in (left, scattered):
+        tensors = {"attention_mask": mask, "input_ids": mask * torch.arange(1, width + 1), "target": torch.arange(n)}
+        part = TokenBatches(tensors, trim=("input_ids", "attention_mask"))
+        assert part.to("cpu") is part and part.device.type == "cpu"
+        for rows in ([0], [3, 1, 4], list(range(n)), torch.randperm(n, generator=g)[:7].tolist(),
+                     [int(i) for i in torch.nonzero(lengths == 0)[:2, 0]]):
+            if not rows:
+                continue
+            got = part[rows]
+            want = _brute_force_trim({k: v[rows] for k, v in tensors.items()}, "attention_mask",
+                                     ("input_ids", "attention_mask"))
+            assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got), rows
+
+
+def test_on_device_keeps_the_parts_on_the_trainers_device(tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+
+    from genrec.seq2seq.data import SemanticIdData
+    from tests.conftest import synthetic
+
+    dataset, tokenizer = synthetic(tmp_path)
+    host = SemanticIdData(dataset=str(dataset), tokenizer=str(tokenizer), max_len=5, batch_size=16)
+    data = SemanticIdData(dataset=str(dataset), tokenizer=str(tokenizer), max_len=5, batch_size=16, on_device=True)
+    for dm in (host, data):
+        dm.setup("fit")
+    assert data._device() == torch.device("cpu")  # no trainer yet: the host
+    data.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    loader = data.train_dataloader()
+    assert loader.num_workers == 0 and not loader.pin_memory
+    first, expected = next(iter(loader)), next(iter(host.train_dataloader()))
+    assert all(torch.equal(first[k], expected[k]) for k in expected)  # the same batches, in the same order
+
+
+@pytest.mark.gpu
+def test_on_device_batches_are_gathered_on_the_gpu_and_equal_the_host_ones(tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+
+    from genrec.seq2seq.data import SemanticIdData
+    from tests.conftest import synthetic
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    dataset, tokenizer = synthetic(tmp_path)
+    host = SemanticIdData(dataset=str(dataset), tokenizer=str(tokenizer), max_len=5, batch_size=16)
+    data = SemanticIdData(dataset=str(dataset), tokenizer=str(tokenizer), max_len=5, batch_size=16, on_device=True)
+    for dm in (host, data):
+        dm.setup("fit")
+    data.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda:0")))
+    for got, want in zip(data.train_dataloader(), host.train_dataloader()):
+        assert all(v.is_cuda for v in got.values())
+        assert all(torch.equal(got[k].cpu(), want[k]) for k in want)

@@ -31,6 +31,8 @@ class ItemSequenceData(SplitDataModule):
         batch_size: training rows (users) per batch.
         eval_batch_size: validation / test batch size.
         num_workers: DataLoader workers (0 is right: batches are single tensor gathers).
+        on_device: keep the rows on the trainer's device (a GPU) and gather batches there
+            (:class:`genrec.data.loading.SplitDataModule`).
     """
 
     def __init__(
@@ -41,6 +43,7 @@ class ItemSequenceData(SplitDataModule):
         batch_size: int = 256,
         eval_batch_size: int = 1024,
         num_workers: int = 0,
+        on_device: bool = False,
     ) -> None:
         super().__init__()
         if max_len < 1:

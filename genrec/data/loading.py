@@ -6,6 +6,7 @@ costs one indexing operation per batch, whatever the model.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import lightning.pytorch as pl
@@ -21,11 +22,12 @@ class TokenBatches(Dataset):
     """Token tensors of one split part; ``dataset[list_of_rows]`` returns a whole batch as a dict.
 
     Args:
-        tensors: name -> (n, ...) tensor, all with the same first dimension.
-        trim: names of left-padded (n, t) tensors whose leading columns are dropped from a batch where ``mask`` is 0
-            in every row. Exact for T5, whose attention sees only relative positions between real tokens, and the
-            main saving on short histories (Beauty's median user has 6 of 20 history items). It is done here, on
-            the host, so the training step needs no device-to-host read to find the width.
+        tensors: name -> (n, ...) tensor, all with the same first dimension, on one device.
+        trim: names of (n, t) tensors whose leading columns are dropped from a batch where ``mask`` is 0 in every
+            row. Exact for T5, whose attention sees only relative positions between real tokens, and the main
+            saving on short histories (Beauty's median user has 6 of 20 history items). The width is found on the
+            host from each row's first real column, counted once here, so a batch never reads the device (no
+            synchronisation when the tensors live on a GPU).
         mask: the (n, t) tensor that marks real tokens, for ``trim``.
     """
 
@@ -35,16 +37,41 @@ class TokenBatches(Dataset):
         self.tensors = tensors
         self.n = len(next(iter(tensors.values())))
         self.trim, self.mask = trim, mask
+        self.first_real: torch.Tensor | None = None  # (n,) int64 on the CPU: a row's first real column
+        if trim:
+            real = tensors[mask].bool().cpu()
+            width = real.shape[1]
+            # argmax finds the first True; a row with none counts as starting past the end.
+            self.first_real = torch.where(real.any(1), real.int().argmax(1), width)
 
     def __len__(self) -> int:
         return self.n
 
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.tensors.values())).device
+
+    def to(self, device: torch.device | str) -> TokenBatches:
+        """The same part with its tensors on ``device`` (itself when they are there already)."""
+        device = torch.device(device)
+        if self.device == device:
+            return self
+        moved = copy.copy(self)  # the row starts stay on the host
+        moved.tensors = {k: v.to(device) for k, v in self.tensors.items()}
+        return moved
+
     def __getitem__(self, rows: list[int]) -> dict[str, torch.Tensor]:
         index = torch.as_tensor(rows, dtype=torch.long)
-        batch = {k: v[index] for k, v in self.tensors.items()}
+        device = self.device
+        if device.type == "cuda":  # pinned, so the copy of the row indices is asynchronous
+            batch_index = index.pin_memory().to(device, non_blocking=True)
+        else:
+            batch_index = index.to(device)
+        batch = {k: v[batch_index] for k, v in self.tensors.items()}
         if self.trim:
-            real = batch[self.mask].bool().any(dim=0)
-            start = int(real.int().argmax()) if bool(real.any()) else 0
+            start = int(self.first_real[index].min()) if len(index) else 0
+            if start >= self.tensors[self.mask].shape[1]:  # no real token in the batch at all: keep every column
+                start = 0
             batch.update({k: batch[k][:, start:] for k in self.trim})
         return batch
 
@@ -84,30 +111,46 @@ class BatchShards(DistributedSampler):
 
 
 def batch_loader(data: TokenBatches, *, batch_size: int, shuffle: bool, num_workers: int = 0) -> DataLoader:
-    """A DataLoader that yields whole batches of ``data`` (one tensor gather each), sharded by :class:`BatchShards`."""
+    """A DataLoader that yields whole batches of ``data`` (one tensor gather each), sharded by :class:`BatchShards`.
+
+    Host batches are pinned for asynchronous copies when CUDA is present; a part already on the GPU is gathered
+    there, in this process (workers cannot share its tensors).
+    """
+    on_host = data.device.type == "cpu"
     return DataLoader(
         data,
         sampler=BatchShards(len(data), batch_size=batch_size, shuffle=shuffle, seed=0),
         batch_size=None,
-        num_workers=num_workers,
-        pin_memory=torch.cuda.is_available(),
+        num_workers=num_workers if on_host else 0,
+        pin_memory=on_host and torch.cuda.is_available(),
     )
 
 
 class SplitDataModule(pl.LightningDataModule):
     """A DataModule whose ``setup`` fills :attr:`parts` (``train`` / ``valid`` / ``test`` -> :class:`TokenBatches`).
 
-    The loaders read ``batch_size``, ``eval_batch_size`` and ``num_workers`` from the subclass's hyperparameters.
+    The loaders read ``batch_size``, ``eval_batch_size``, ``num_workers`` and, where the subclass has it,
+    ``on_device`` from its hyperparameters. With ``on_device`` the parts move once to the trainer's device (a GPU)
+    and every batch is gathered there: no host-to-device copy of a batch, no collation, no worker processes.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.parts: dict[str, TokenBatches] = {}
 
+    def _device(self) -> torch.device:
+        """Where the loaders' batches are gathered: the trainer's device with ``on_device``, else the CPU."""
+        trainer = getattr(self, "trainer", None)
+        if self.hparams.get("on_device") and trainer is not None:
+            return trainer.strategy.root_device
+        return torch.device("cpu")
+
     def _loader(self, part: str, *, shuffle: bool, batch_size: int) -> DataLoader:
         if part not in self.parts:
             raise RuntimeError(f"no {part!r} part: call setup() first")
-        return batch_loader(self.parts[part], batch_size=batch_size, shuffle=shuffle, num_workers=self.hparams.num_workers)
+        self.parts[part] = self.parts[part].to(self._device())
+        return batch_loader(self.parts[part], batch_size=batch_size, shuffle=shuffle,
+                            num_workers=self.hparams.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True, batch_size=self.hparams.batch_size)

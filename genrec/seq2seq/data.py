@@ -117,6 +117,8 @@ class SemanticIdData(SplitDataModule):
         batch_size: training batch size.
         eval_batch_size: validation / test batch size.
         num_workers: DataLoader workers (0 is right: batches are single tensor gathers).
+        on_device: keep the samples on the trainer's device (a GPU) and gather batches there
+            (:class:`genrec.data.loading.SplitDataModule`); Beauty's parts take about 0.3 GB.
     """
 
     def __init__(
@@ -132,6 +134,7 @@ class SemanticIdData(SplitDataModule):
         batch_size: int = 256,
         eval_batch_size: int = 512,
         num_workers: int = 0,
+        on_device: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
