@@ -13,8 +13,8 @@ import torch
 from transformers import T5Config, T5ForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
-from genrec.decoding import PrefixIndex
-from genrec.seq2seq.t5_step import CachedT5Decoder, score_items, t5_beam_search
+from genrec.decoding import CudaGraph, PrefixIndex
+from genrec.seq2seq.t5_step import CachedT5Decoder, score_items, t5_beam_search, t5_search_function
 from genrec.seq2seq.vocab import PAD_ID, CodeVocab
 
 SEM_SIZES = (7, 5, 6)
@@ -275,3 +275,81 @@ def test_cuda_matches_cpu(setup):
     gpu = t5_beam_search(gpu_model, input_ids.cuda(), mask.cuda(), index, vocab, beam_width=8, top_k=5)
     assert torch.equal(gpu.items.cpu(), cpu.items)
     torch.testing.assert_close(gpu.scores.cpu(), cpu.scores, atol=1e-4, rtol=0)
+
+
+def test_fp32_head_keeps_the_logits_float32_under_autocast_and_changes_nothing_without_it(setup):
+    codes, vocab, model, input_ids, mask = setup
+    hidden = model.encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
+    start = torch.zeros(len(input_ids), 1, dtype=torch.long)
+    plain = CachedT5Decoder(model, hidden, mask, max_len=vocab.levels, fp32_head=False).step(start, 0)
+    fixed = CachedT5Decoder(model, hidden, mask, max_len=vocab.levels, fp32_head=True).step(start, 0)
+    assert torch.equal(plain, fixed)  # no autocast: the same projection
+    seen = []
+    hook = model.lm_head.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            hidden16 = model.encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
+            plain16 = CachedT5Decoder(model, hidden16, mask, max_len=vocab.levels, fp32_head=False).step(start, 0)
+            fixed16 = CachedT5Decoder(model, hidden16, mask, max_len=vocab.levels, fp32_head=True).step(start, 0)
+    finally:
+        hook.remove()
+    assert plain16.dtype == torch.bfloat16 and fixed16.dtype == torch.float32
+    # The plain step handed its hidden state to lm_head under autocast; the fixed one projected the same state
+    # in float32 (without calling the autocast module at all).
+    (x,) = seen
+    assert torch.equal(fixed16, torch.nn.functional.linear(x.float(), model.lm_head.weight))
+    index = PrefixIndex(codes, vocab.level_sizes)
+    for fp32_head in (False, True):
+        out = t5_beam_search(model, input_ids, mask, index, vocab, beam_width=8, top_k=5, amp_dtype=torch.bfloat16,
+                             fp32_head=fp32_head)
+        assert out.scores.dtype == torch.float32 and torch.equal(out.codes, codes[out.items])
+
+
+def test_the_search_function_equals_the_checked_search_and_refuses_a_training_model(setup):
+    codes, vocab, model, input_ids, mask = setup
+    index = PrefixIndex(codes, vocab.level_sizes)
+    for amp in (None, torch.bfloat16):
+        want = t5_beam_search(model, input_ids, mask, index, vocab, beam_width=8, top_k=5, amp_dtype=amp)
+        got = t5_search_function(model, index, vocab, beam_width=8, top_k=5, amp_dtype=amp)(input_ids, mask)
+        assert torch.equal(got.items, want.items) and torch.equal(got.scores, want.scores)
+    model.train()
+    try:
+        with pytest.raises(ValueError, match="model.eval"):
+            t5_search_function(model, index, vocab, beam_width=8, top_k=5)
+    finally:
+        model.eval()
+
+
+def test_cuda_graphs_refuse_host_tensors():
+    with pytest.raises(ValueError, match="CUDA device"):
+        CudaGraph(lambda x: x * 2, torch.ones(3))
+
+
+@pytest.mark.slow  # compiling takes about a minute on 2 cores
+def test_the_compiled_search_equals_eager(setup):
+    codes, vocab, model, input_ids, mask = setup
+    index = PrefixIndex(codes, vocab.level_sizes)
+    want = t5_beam_search(model, input_ids, mask, index, vocab, beam_width=8, top_k=5)
+    got = torch.compile(t5_search_function(model, index, vocab, beam_width=8, top_k=5), dynamic=False)(input_ids, mask)
+    assert torch.equal(got.items, want.items)
+    torch.testing.assert_close(got.scores, want.scores, atol=1e-5, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("amp", [None, torch.bfloat16], ids=["fp32", "bf16"])
+def test_a_cuda_graph_of_the_search_replays_it_exactly_on_new_inputs(setup, amp):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    codes, vocab, model, input_ids, mask = setup
+    gpu_model = copy.deepcopy(model).cuda()
+    index = PrefixIndex(codes, vocab.level_sizes).to("cuda")
+    ids, m = input_ids.cuda(), mask.cuda()
+    graph = CudaGraph(t5_search_function(gpu_model, index, vocab, beam_width=8, top_k=5, amp_dtype=amp), ids, m)
+    other_ids, other_mask = make_histories(codes, vocab, len(input_ids), seed=7)
+    for i, k in ((ids, m), (other_ids.cuda(), other_mask.cuda())):
+        want = t5_beam_search(gpu_model, i, k, index, vocab, beam_width=8, top_k=5, amp_dtype=amp)
+        got = graph(i, k)
+        assert torch.equal(got.items, want.items)
+        torch.testing.assert_close(got.scores, want.scores, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="captured for"):
+        graph(ids[:2], m[:2])

@@ -6,7 +6,9 @@ a user are just ``w`` query rows attending to that user's encoder states, so cro
 computed once per user and shared by all of its beams; only the small self-attention cache is per beam.
 
 :func:`t5_beam_search` runs the encoder and the generic engine (``genrec.decoding.beam_search``) on it;
-:func:`score_items` scores every item by HF's teacher-forced forward pass, the oracle the engine is tested against.
+:func:`t5_search_function` is the same search as a sync-free function of the inputs, to compile or capture as a
+CUDA graph; :func:`score_items` scores every item by HF's teacher-forced forward pass, the oracle the engine is
+tested against.
 
 Shapes: ``b`` users, ``w`` beams, ``n`` encoder length, ``h`` heads, ``e`` head width, ``t`` decoded positions,
 ``m`` catalogue items, ``l`` code levels.
@@ -15,6 +17,7 @@ Shapes: ``b`` users, ``w`` beams, ``n`` encoder length, ``h`` heads, ``e`` head 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -62,12 +65,22 @@ class CachedT5Decoder:
         encoder_hidden: (b, n, d) float encoder output.
         attention_mask: (b, n) encoder padding mask, 1 for real tokens.
         max_len: number of positions that will be decoded (the decoder start token is position 0).
+        fp32_head: under autocast, compute the output projection (``lm_head``, the logits the search ranks by) in
+            float32 with autocast off, instead of rounding the logits to the autocast dtype; no effect without
+            autocast.
     """
 
     def __init__(
-        self, model: nn.Module, encoder_hidden: torch.Tensor, attention_mask: torch.Tensor, max_len: int
+        self,
+        model: nn.Module,
+        encoder_hidden: torch.Tensor,
+        attention_mask: torch.Tensor,
+        max_len: int,
+        *,
+        fp32_head: bool = True,
     ) -> None:
         self.model = model
+        self.fp32_head = fp32_head
         self.blocks = model.decoder.block
         self.scale_output = getattr(model.config, "scale_decoder_outputs", model.config.tie_word_embeddings)
         self.max_len = max_len
@@ -163,7 +176,15 @@ class CachedT5Decoder:
         x = self.model.decoder.final_layer_norm(x)
         if self.scale_output:
             x = x * self.model.model_dim**-0.5
-        return self.model.lm_head(x)
+        head = self.model.lm_head
+        if self.fp32_head and torch.is_autocast_enabled(x.device.type):
+            # bf16 logits keep ~3 significant digits: near-ties between items flip. The projection is a small share
+            # of the step (d x vocab per beam), so it runs in float32 (float64 for a float64 model).
+            dtype = torch.promote_types(head.weight.dtype, torch.float32)
+            with torch.autocast(x.device.type, enabled=False):
+                bias = None if head.bias is None else head.bias.to(dtype)
+                return F.linear(x.to(dtype), head.weight.to(dtype), bias)
+        return head(x)
 
     def reorder(self, parent: torch.Tensor) -> None:
         """Keeps, for user ``u`` and new beam ``j``, the cache of old beam ``parent[u, j]``.
@@ -196,10 +217,47 @@ def _check_inputs(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
         raise ValueError(f"model vocab_size {model.config.vocab_size} < CodeVocab size {vocab.size}")
 
 
-def _autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+def _autocast(device: torch.device, amp_dtype: torch.dtype | None, *, cache: bool = True):
     if amp_dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=amp_dtype)
+    # A CUDA graph cannot capture autocast's cache of cast weights: callers that capture pass cache=False.
+    return torch.autocast(device_type=device.type, dtype=amp_dtype, cache_enabled=cache)
+
+
+def _search(
+    model: nn.Module,
+    input_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor,
+    index: PrefixIndex,
+    vocab: CodeVocab,
+    *,
+    beam_width: int,
+    top_k: int,
+    amp_dtype: torch.dtype | None,
+    fp32_head: bool,
+    encoder_hidden: torch.Tensor | None,
+    normalize: Normalization,
+    autocast_cache: bool = True,
+) -> BeamSearchOutput:
+    """:func:`t5_beam_search` without its input checks, which read the device: nothing here synchronises with the
+    host (HF's T5 encoder reads its padding mask to skip an all-ones one, but not while compiled or captured)."""
+    b, device = attention_mask.shape[0], attention_mask.device
+    # The engine calls the decoder steps, so it runs under autocast too; it keeps its scores in float32.
+    with _autocast(device, amp_dtype, cache=autocast_cache):
+        if encoder_hidden is None:
+            encoder_hidden = model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        decoder = CachedT5Decoder(model, encoder_hidden, attention_mask, max_len=vocab.levels, fp32_head=fp32_head)
+        start = torch.full((b, 1), model.config.decoder_start_token_id, dtype=torch.long, device=device)
+        return beam_search(
+            decoder,
+            index,
+            start_tokens=start,
+            level_sizes=vocab.level_sizes,
+            offsets=vocab.offsets,
+            beam_width=beam_width,
+            top_k=top_k,
+            normalize=normalize,
+        )
 
 
 @torch.no_grad()
@@ -213,6 +271,7 @@ def t5_beam_search(
     beam_width: int,
     top_k: int,
     amp_dtype: torch.dtype | None = None,
+    fp32_head: bool = True,
     encoder_hidden: torch.Tensor | None = None,
     normalize: Normalization = "vocab",
 ) -> BeamSearchOutput:
@@ -229,6 +288,8 @@ def t5_beam_search(
         top_k: items returned per user.
         amp_dtype: run the model under ``torch.autocast`` with this dtype (e.g. ``torch.bfloat16``);
             log-softmax and scores stay float32. ``None`` runs in the model's dtype.
+        fp32_head: under ``amp_dtype``, the output projection in float32 too (:class:`CachedT5Decoder`); False is
+            plain autocast, whose logits are rounded to ``amp_dtype``.
         encoder_hidden: (b, n, d) encoder states computed by the caller (models whose encoder input is not a
             token sequence: ColaRec, MSCGRec); ``model.encoder`` is then not run.
         normalize: ``"vocab"`` or ``"valid"`` (see ``genrec.decoding.beam_search``); ``"valid"`` for a model
@@ -244,23 +305,40 @@ def t5_beam_search(
             f"encoder_hidden {tuple(encoder_hidden.shape)} does not match attention_mask {tuple(attention_mask.shape)}"
         )
     _check_inputs(model, input_ids, attention_mask, vocab)
-    b, device = attention_mask.shape[0], attention_mask.device
-    # The engine calls the decoder steps, so it runs under autocast too; it keeps its scores in float32.
-    with _autocast(device, amp_dtype):
-        if encoder_hidden is None:
-            encoder_hidden = model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        decoder = CachedT5Decoder(model, encoder_hidden, attention_mask, max_len=vocab.levels)
-        start = torch.full((b, 1), model.config.decoder_start_token_id, dtype=torch.long, device=device)
-        return beam_search(
-            decoder,
-            index,
-            start_tokens=start,
-            level_sizes=vocab.level_sizes,
-            offsets=vocab.offsets,
-            beam_width=beam_width,
-            top_k=top_k,
-            normalize=normalize,
-        )
+    return _search(model, input_ids, attention_mask, index, vocab, beam_width=beam_width, top_k=top_k,
+                   amp_dtype=amp_dtype, fp32_head=fp32_head, encoder_hidden=encoder_hidden, normalize=normalize)
+
+
+def t5_search_function(
+    model: nn.Module,
+    index: PrefixIndex,
+    vocab: CodeVocab,
+    *,
+    beam_width: int,
+    top_k: int,
+    amp_dtype: torch.dtype | None = None,
+    fp32_head: bool = True,
+    normalize: Normalization = "vocab",
+) -> Callable[[torch.Tensor, torch.Tensor], BeamSearchOutput]:
+    """:func:`t5_beam_search` as a function of ``(input_ids, attention_mask)`` alone, for ``torch.compile`` and
+    CUDA-graph capture (:class:`genrec.decoding.CudaGraph`).
+
+    The model is checked once, here; the function itself checks nothing about its inputs (the check that every
+    user has a real token reads the device), does not synchronise with the host while compiled or captured, and
+    runs autocast without its weight cache, so it can be captured. Give it inputs that :func:`t5_beam_search`
+    accepts.
+    """
+    check_supported(model)
+    if model.config.vocab_size < vocab.size:
+        raise ValueError(f"model vocab_size {model.config.vocab_size} < CodeVocab size {vocab.size}")
+
+    @torch.no_grad()
+    def search(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> BeamSearchOutput:
+        return _search(model, input_ids, attention_mask, index, vocab, beam_width=beam_width, top_k=top_k,
+                       amp_dtype=amp_dtype, fp32_head=fp32_head, encoder_hidden=None, normalize=normalize,
+                       autocast_cache=False)
+
+    return search
 
 
 @torch.no_grad()
