@@ -28,7 +28,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed training steps (after 3 warm-up steps)")
     parser.add_argument("--eval-batches", type=int, default=4, help="timed validation batches (after 1 warm-up)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--bf16", action="store_true", help="autocast training and decoding to bfloat16")
+    parser.add_argument("--bf16", action="store_true",
+                        help="autocast training to bfloat16 (decoding stays float32, GenerativeRecommender.recommend_batch)")
     args, overrides = parser.parse_known_args()  # the rest: CLI overrides, e.g. --data.init_args.batch_size=512
     args.overrides = [o for o in overrides if o != "--"]
 

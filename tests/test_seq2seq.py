@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -147,3 +148,127 @@ def test_batch_shards_split_evaluation_rows_exactly_once_and_training_evenly(n):
         assert len(list(shards)) == len(shards)
     assert sorted(evaluation[0] + evaluation[1]) == list(range(n))  # every user counted once
     assert len(training[0]) == len(training[1]) == n // 2 and not set(training[0]) & set(training[1])
+
+
+# ------------------------------------------------------------------------------------------- GPU habits
+class HostRead(AssertionError):
+    """A tensor's value was read by the host (on a GPU: a synchronisation)."""
+
+
+@contextlib.contextmanager
+def no_host_reads():
+    """Makes every way Python reads a tensor's values raise :class:`HostRead` (item, bool, int, tolist, ...)."""
+    names = ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__")
+    saved = {name: getattr(torch.Tensor, name) for name in names}
+
+    def refuse(name):
+        def read(self, *args, **kwargs):
+            raise HostRead(f"Tensor.{name} called in the training step")
+        return read
+
+    try:
+        for name in names:
+            setattr(torch.Tensor, name, refuse(name))
+        yield
+    finally:
+        for name, method in saved.items():
+            setattr(torch.Tensor, name, method)
+
+
+def _tiny_model(dropout: float = 0.1, **kwargs) -> GenerativeRecommender:
+    torch.manual_seed(0)
+    arch = T5Architecture(d_model=24, encoder_layers=2, decoder_layers=2, num_heads=3, d_kv=8, d_ff=37, dropout=dropout)
+    return GenerativeRecommender(level_sizes=(3, 3, 3, 1), arch=arch, **kwargs)
+
+
+def _walk_batch(tmp_path, device="cpu") -> dict:
+    dataset, tokenizer = synthetic(tmp_path)
+    data = SemanticIdData(dataset=str(dataset), tokenizer=str(tokenizer), max_len=5, batch_size=32)
+    data.setup("fit")
+    return {k: v.to(device) for k, v in data.parts["train"][list(range(32))].items()}
+
+
+def _training_step(model, batch, optimizer) -> torch.Tensor:
+    loss = model._step_losses(batch)["loss"]
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+def test_the_training_step_never_reads_a_tensor_on_the_host(tmp_path, monkeypatch):
+    """Forward, backward, clipping and the fused AdamW step, with the real batch layout: no value is read back, so
+    on a GPU nothing waits for the device. HF's T5 reads its padding mask once per stack to skip an all-ones mask;
+    under torch.compile (the GPU config) it does not, which is what is patched here."""
+    import transformers.masking_utils
+
+    from genrec.training import adamw_warmup_cosine
+
+    monkeypatch.setattr(transformers.masking_utils, "_ignore_bidirectional_mask_sdpa", lambda *a, **k: False,
+                        raising=False)
+    model = _tiny_model().train()
+    batch = _walk_batch(tmp_path)
+    optimizer = adamw_warmup_cosine(model, lr=1e-3, weight_decay=0.05, warmup_steps=2, total_steps=10,
+                                    fused=True)["optimizer"]
+    before = model.model.shared.weight.clone()
+    with no_host_reads():
+        for _ in range(2):
+            _training_step(model, batch, optimizer)
+    assert not torch.equal(before, model.model.shared.weight)
+    with no_host_reads(), pytest.raises(HostRead):  # the detector itself works
+        bool(model.model.shared.weight.sum() > 0)
+
+
+def test_decoding_stays_float32_where_the_trainer_autocasts(trained_walk):
+    model = GenerativeRecommender.load_from_checkpoint(trained_walk.checkpoint, weights_only=True).eval()
+    data = SemanticIdData(dataset=str(trained_walk.dataset), tokenizer=str(trained_walk.tokenizer), max_len=5)
+    data.setup("test")
+    batch = data.parts["test"][list(range(16))]
+    fp32 = model.recommend_batch(batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what bf16-mixed wraps validation and test steps in
+        under = model.recommend_batch(batch)
+    assert torch.equal(under.items, fp32.items) and torch.equal(under.scores, fp32.scores)
+
+
+@pytest.mark.slow  # compiling takes about half a minute on 2 cores
+def test_the_compiled_training_step_equals_eager(tmp_path):
+    batch = _walk_batch(tmp_path)
+    losses, grads = {}, {}
+    for compiled in (False, True):
+        model = _tiny_model(dropout=0.0, compile=compiled).train()  # compiled dropout draws other masks
+        loss = model._step_losses(batch)["loss"]
+        loss.backward()
+        losses[compiled] = loss.detach()
+        grads[compiled] = [p.grad for p in model.parameters() if p.grad is not None]
+    assert model._compiled_losses is not None
+    torch.testing.assert_close(losses[True], losses[False], atol=1e-5, rtol=1e-5)
+    for a, b in zip(grads[True], grads[False]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.gpu
+def test_the_training_step_on_cuda_never_synchronises(tmp_path, monkeypatch):
+    """The same step on a GPU under CUDA's synchronisation check, with the batch already on the device."""
+    import transformers.masking_utils
+
+    from genrec.training import adamw_warmup_cosine
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    monkeypatch.setattr(transformers.masking_utils, "_ignore_bidirectional_mask_sdpa", lambda *a, **k: False,
+                        raising=False)
+    model = _tiny_model().cuda().train()
+    batch = _walk_batch(tmp_path, device="cuda")
+    optimizer = adamw_warmup_cosine(model, lr=1e-3, weight_decay=0.05, warmup_steps=2, total_steps=10)["optimizer"]
+    assert optimizer.defaults["fused"]  # chosen for CUDA parameters
+    _training_step(model, batch, optimizer)  # first-call work (cuBLAS handles, allocations) outside the check
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            for _ in range(3):
+                _training_step(model, batch, optimizer)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()

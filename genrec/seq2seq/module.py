@@ -88,6 +88,8 @@ class GenerativeRecommender(pl.LightningModule):
         warmup_steps: linear warm-up, then cosine decay to 0 over the run.
         beam_width: beams in evaluation (>= top_k).
         top_k: length of the ranked list evaluated (metrics up to @20 need 20).
+        compile: run the training step's forward and loss through ``torch.compile`` (GPU configs: it fuses the
+            small elementwise kernels between T5's matrix products); decoding stays eager.
     """
 
     def __init__(
@@ -106,6 +108,7 @@ class GenerativeRecommender(pl.LightningModule):
         warmup_steps: int = 500,
         beam_width: int = 20,
         top_k: int = 20,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if beam_width < top_k:
@@ -122,6 +125,7 @@ class GenerativeRecommender(pl.LightningModule):
         self.catalogue: Catalogue | None = None
         self.index: PrefixIndex | None = None
         self.evaluator = RankingEvaluator()
+        self._compiled_losses = None
 
     @property
     def system_name(self) -> str:
@@ -198,11 +202,13 @@ class GenerativeRecommender(pl.LightningModule):
         """Teacher-forced cross-entropy of the target IDs ``labels`` (b, l) given encoder states (b, n, d)."""
         encoded = BaseModelOutput(last_hidden_state=hidden)
         if not self.hparams.constrained_softmax:
-            return self.model(encoder_outputs=encoded, attention_mask=mask, labels=labels).loss
+            # use_cache=False: teacher forcing needs no decoder cache (HF builds one by default).
+            return self.model(encoder_outputs=encoded, attention_mask=mask, labels=labels, use_cache=False).loss
         if self.index is None:
             raise RuntimeError("constrained_softmax needs the catalogue: call set_catalogue first")
         logits = self.model(
-            encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=self.model._shift_right(labels)
+            encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=self.model._shift_right(labels),
+            use_cache=False,
         ).logits
         return constrained_cross_entropy(logits, labels, self.index, self.vocab)
 
@@ -215,8 +221,16 @@ class GenerativeRecommender(pl.LightningModule):
         """Teacher-forced cross-entropy over the target's code tokens; labels (b, l)."""
         return self.training_losses({"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels})["loss"]
 
+    def _step_losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        """:meth:`training_losses`, compiled on first use when ``compile`` is on."""
+        if not self.hparams.get("compile"):
+            return self.training_losses(batch)
+        if self._compiled_losses is None:
+            self._compiled_losses = torch.compile(self.training_losses)
+        return self._compiled_losses(batch)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        losses = self.training_losses(batch)
+        losses = self._step_losses(batch)
         # Not on the progress bar: showing it would read the loss back from the GPU every step.
         for name, value in losses.items():
             self.log(f"train/{name}", value, batch_size=len(batch["labels"]))
@@ -237,18 +251,21 @@ class GenerativeRecommender(pl.LightningModule):
         """Constrained beam search for a batch as the datamodule (or ``Recommender.encode``) lays it out."""
         if self.index is None:
             raise RuntimeError("no catalogue: call set_catalogue(item_codes) or load a checkpoint that has one")
-        hidden, mask = self.encode(batch)
-        return t5_beam_search(
-            self.model,
-            None,
-            mask,
-            self.index,
-            self.vocab,
-            beam_width=beam_width or self.hparams.beam_width,
-            top_k=top_k or self.hparams.top_k,
-            encoder_hidden=hidden,
-            normalize="valid" if self.hparams.constrained_softmax else "vocab",
-        )
+        # In float32 even where the trainer autocasts its steps (bf16-mixed): bf16 decoding has not passed its
+        # quality gate (top-20 overlap with fp32 >= 99 %, benchmarks/bf16_overlap.py), so rankings stay fp32.
+        with torch.autocast(self.device.type, enabled=False):
+            hidden, mask = self.encode(batch)
+            return t5_beam_search(
+                self.model,
+                None,
+                mask,
+                self.index,
+                self.vocab,
+                beam_width=beam_width or self.hparams.beam_width,
+                top_k=top_k or self.hparams.top_k,
+                encoder_hidden=hidden,
+                normalize="valid" if self.hparams.constrained_softmax else "vocab",
+            )
 
     def recommend(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, top_k: int | None = None):
         """Top-K catalogue items per user by constrained beam search (:func:`genrec.seq2seq.t5_step.t5_beam_search`)."""
