@@ -159,3 +159,23 @@ def test_training_length_check_spares_tokenizer_fits_and_explicit_lengths(monkey
                    "--trainer.fast_dev_run=true"):
         with pytest.raises(Reached):
             main(["fit", "--config", str(experiment), length])
+
+
+def test_the_tiger_gpu_header_states_the_flop_count_of_its_model(tmp_path):
+    """The expected epochs and minutes in configs/tiger/beauty.yaml come from a FLOP count: it must be this model's."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    config = ROOT / "configs/tiger/beauty.yaml"
+    stated = float(re.search(r"([\d.]+) GFLOP per training sample", header(config)).group(1))
+    n_items = load_dataset("amazon-beauty").n_items
+    tokenizer = fake_tokenizer(tmp_path / "tok", n_items, (256, 256, 256, 16))  # Beauty's level sizes
+    cli = main([*config_args(config), f"--trainer.default_root_dir={tmp_path}",
+                f"--data.init_args.tokenizer={tokenizer}", "--trainer.accelerator=cpu"], run=False)
+    model = cli.model.train()
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, 256, (8, 20, 4), generator=g) % torch.tensor([256, 256, 256, 16])
+    batch = {"input_ids": model.vocab.encode(codes).flatten(1), "labels": model.vocab.encode(codes[:, 0])}
+    batch["attention_mask"] = torch.ones_like(batch["input_ids"])
+    with FlopCounterMode(display=False) as counter:
+        model.training_losses(batch)["loss"].backward()
+    assert counter.get_total_flops() / 8 / 1e9 == pytest.approx(stated, abs=0.005)
