@@ -226,6 +226,10 @@ class GenerativeRecommender(pl.LightningModule):
         if not self.hparams.get("compile"):
             return self.training_losses(batch)
         if self._compiled_losses is None:
+            import torch._dynamo
+
+            # A graph the compiler cannot build runs eagerly (with a logged warning) instead of ending the run.
+            torch._dynamo.config.suppress_errors = True
             self._compiled_losses = torch.compile(self.training_losses)
         return self._compiled_losses(batch)
 
