@@ -17,6 +17,20 @@ ROOT = Path(__file__).resolve().parents[1]
 N_ITEMS = 27
 
 
+def load_benchmark(name: str):
+    """A script of ``benchmarks/`` as a module (they are scripts, not a package); its folder goes on the path so that
+    the scripts that import one another find each other."""
+    import importlib.util
+    import sys
+
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def write_sequences_dataset(root: Path, lines: list[str], items: list[dict] | None = None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "sequences.txt").write_text("\n".join(lines) + "\n")

@@ -3,23 +3,14 @@ reads its config entries."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, load_benchmark
 
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ablation = _load("ablation")
-systems = _load("systems")
+ablation = load_benchmark("ablation")
+systems = load_benchmark("systems")
 
 CSV = """epoch,step,train/loss,val/ndcg@10,val/ndcg@20,val/recall@10,val/recall@20
 0,99,5.0,,,,
