@@ -262,13 +262,13 @@ def test_the_training_step_on_cuda_never_synchronises(tmp_path, monkeypatch):
     batch = _walk_batch(tmp_path, device="cuda")
     optimizer = adamw_warmup_cosine(model, lr=1e-3, weight_decay=0.05, warmup_steps=2, total_steps=10)["optimizer"]
     assert optimizer.defaults["fused"]  # chosen for CUDA parameters
-    _training_step(model, batch, optimizer)  # first-call work (cuBLAS handles, allocations) outside the check
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+    with torch.autocast("cuda", dtype=torch.bfloat16):  # as bf16-mixed runs it
+        _training_step(model, batch, optimizer)  # first-call work (cuBLAS handles, allocations) outside the check
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
             for _ in range(3):
                 _training_step(model, batch, optimizer)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
