@@ -322,7 +322,8 @@ def test_rqvae_lightning_trains_and_writes_artifact(tmp_path):
     pl.seed_everything(0)
     x = clustered(n=512, d=20, centres=30, noise=0.3)
     data = ItemFeatures(features=x, batch_size=128)
-    module = RQVAETokenizer(output_dir=str(tmp_path / "vae"), encoder_dims=(32, 8), codebook_size=16, lr=3e-3)
+    module = RQVAETokenizer(output_dir=str(tmp_path / "vae"), encoder_dims=(32, 8), levels=3, codebook_size=16,
+                            lr=3e-3)
     losses = []
 
     class Record(pl.Callback):
