@@ -136,14 +136,17 @@ def main(args: list[str] | None = None, *, run: bool = True) -> LightningCLI:
 
 
 def input_error(error: BaseException) -> BaseException | None:
-    """The bad-input error (a data file or a tokenizer artifact) behind ``error``, if any: jsonargparse wraps an
-    error raised while it builds the datamodule in its own, so the chain of causes is searched."""
+    """The bad-input error (a data file, its item text, a tokenizer artifact or what names one) behind ``error``:
+    jsonargparse wraps an error raised while it builds the datamodule in its own, so the chain of causes is
+    searched."""
     from genrec.data import DataFormatError
+    from genrec.data.text import ItemTextError
     from genrec.tokenizer.artifact import ArtifactError
+    from genrec.tokenizer.recipe import RecipeError
 
     seen = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, (DataFormatError, ArtifactError)):
+        if isinstance(error, (DataFormatError, ItemTextError, ArtifactError, RecipeError)):
             return error
         seen.add(id(error))
         error = error.__cause__ or error.__context__
