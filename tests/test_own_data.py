@@ -170,8 +170,17 @@ def test_a_dataset_without_item_text_gets_cooccurrence_features(tmp_path, caplog
     (sources,) = [a for a in pq.fit_args if a.startswith("--data.init_args.sources=")]
     assert sources.count("class_path") == 1 and '"dim": 64, "window": 3' in sources  # the recipe's own half
     assert "-text-cooc-pq16-16x16-" in pq.path  # 16 digits as the recipe sets, 16 codes from the catalogue
+    graph = derive_tokenizer(str(csv), ROOT / "configs" / "tokenizer" / "graph-rqvae.yaml")  # MMGRec's recipe
+    (sources,) = [a for a in graph.fit_args if a.startswith("--data.init_args.sources=")]
+    assert "GraphFeatures" in sources and "CooccurrenceFeatures" in sources and "TextEmbeddings" not in sources
     with pytest.raises(ItemTextError, match="has no item text"):
         derive_tokenizer(str(csv), RECIPE, TokenizerSettings(template="{title}"))
+
+
+def test_the_recipe_on_beauty_keeps_tigers_sizes():
+    derived = derive_tokenizer("amazon-beauty", RECIPE)
+    assert derived.path.startswith("tokenizers/amazon-beauty-rqkmeans-3x256-")
+    assert not any(a.startswith("--data.init_args.sources=") for a in derived.fit_args)  # the recipe's text source
 
 
 def test_settings_the_tokenizer_has_no_place_for_are_refused(tmp_path):
