@@ -190,6 +190,13 @@ def test_settings_the_tokenizer_has_no_place_for_are_refused(tmp_path):
         derive_tokenizer(str(data), colarec, TokenizerSettings(codebook_size=8))
     with pytest.raises(RecipeError, match="has no text source for the template"):
         derive_tokenizer(str(data), ROOT / "configs/tokenizer/debug.yaml", TokenizerSettings(template="{title}"))
+    spec = yaml.safe_load(RECIPE.read_text())
+    spec["data"]["init_args"]["sources"][0]["init_args"]["template"] = "{plot}"
+    (tmp_path / "own.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(ItemTextError, match="no item has any field of template '{plot}'.* title \\(112 items"):
+        derive_tokenizer(str(data), tmp_path / "own.yaml")  # before anything is fitted
+    settings = TokenizerSettings(template="{title}")  # the run's template wins over the config's
+    assert '"template": "{title}"' in " ".join(derive_tokenizer(str(data), tmp_path / "own.yaml", settings).fit_args)
     with pytest.raises(RecipeError, match="no dataset: name one with --data.dataset"):
         derive_tokenizer(None, RECIPE)
     with pytest.raises(RecipeError, match="tokenizer config nope.yaml does not exist"):

@@ -81,20 +81,26 @@ def _class_parameters(class_path: str, config: str) -> dict[str, inspect.Paramet
     return dict(inspect.signature(cls).parameters)
 
 
+def _init_args(node: dict) -> dict:
+    """A config node's ``init_args``, created when absent or null."""
+    node["init_args"] = node.get("init_args") or {}
+    return node["init_args"]
+
+
 def _is_text(source: dict) -> bool:
     return str(source.get("class_path", "")).endswith("TextEmbeddings")
 
 
 def _adapt_sources(sources: list[dict], *, text: bool, template: str | None, n_items: int) -> list[dict]:
-    """The recipe's feature sources for this dataset (module docstring), nested ones (a graph's) included."""
+    """The recipe's feature sources for this dataset (module docstring), nested ones (a graph's) included; the
+    run's ``template``, when set, replaces the text sources' own."""
     out = []
     for source in copy.deepcopy(sources):
-        args = source.setdefault("init_args", {}) or {}
-        source["init_args"] = args
+        args = _init_args(source)
         if _is_text(source):
             if not text:
                 continue
-            if template is not None and args.get("template") is None:
+            if template is not None:
                 args["template"] = template
         if args.get("sources"):
             args["sources"] = _adapt_sources(args["sources"], text=text, template=template, n_items=n_items)
@@ -105,29 +111,29 @@ def _adapt_sources(sources: list[dict], *, text: bool, template: str | None, n_i
     return out
 
 
-def _sources_use_text(sources: list[dict]) -> bool:
-    return any(_is_text(s) or _sources_use_text((s.get("init_args") or {}).get("sources") or []) for s in sources)
+def _text_sources(sources: list[dict]) -> list[dict]:
+    """The text sources among ``sources``, nested ones included."""
+    found = []
+    for source in sources:
+        found += [source] if _is_text(source) else _text_sources((source.get("init_args") or {}).get("sources") or [])
+    return found
 
 
 def _argument(key: str, value: Any) -> str:
     return f"--{key}={value if isinstance(value, str) else json.dumps(value)}"
 
 
-def _init_args(node: dict) -> dict:
-    """A config node's ``init_args``, created when absent or null."""
-    node["init_args"] = node.get("init_args") or {}
-    return node["init_args"]
-
-
 def _feature_sources(ds: SequenceDataset, given: list[dict], settings: TokenizerSettings, config: str) -> list[dict]:
     """The recipe's feature sources for this dataset's text (module docstring); fails before anything is fitted
     when the item text cannot be made."""
-    uses_text, text = _sources_use_text(given), has_item_text(ds)
+    uses_text, text = bool(_text_sources(given)), has_item_text(ds)
     if settings.template is not None and not uses_text:
         raise RecipeError(f"tokenizer config {config} has no text source for the template {settings.template!r}")
-    if uses_text and (text or settings.template is not None):
-        choose_template(ds, settings.template)  # raises listing the item fields (or: a template, but no item text)
+    if settings.template is not None and not text:
+        choose_template(ds, settings.template)  # raises: a template, but no item text
     sources = _adapt_sources(given, text=text, template=settings.template, n_items=ds.n_items)
+    for source in _text_sources(sources):
+        choose_template(ds, source["init_args"].get("template"))  # raises listing the item fields
     if uses_text and not text:
         log.warning("%s has no item text (no item file, or one without text fields): the tokenizer of %s uses %s "
                     "instead of its text features (set data.tokenizer_config to choose)", ds.name, config,
