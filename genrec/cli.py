@@ -43,6 +43,10 @@ class GenRecCLI(LightningCLI):
             # weights whether its tokenizer was fitted just now or found on disk.
             self._set_seed()
 
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        _drop_wandb_anonymous(self.trainer)
+
     def _require_training_length(self) -> None:
         """Refuses to ``fit`` a recommender whose config sets no training length.
 
@@ -112,6 +116,17 @@ class _DropNotices(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "litlogger" not in record.getMessage()
+
+
+def _drop_wandb_anonymous(trainer) -> None:
+    """Lightning's WandbLogger passes ``anonymous`` to ``wandb.init`` even when unset, and wandb >= 0.19 then warns
+    on every run that the setting has no effect; an unset one is left out (a set one is passed on, and warned of)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in getattr(trainer, "loggers", None) or []:
+        init = getattr(logger, "_wandb_init", None)
+        if isinstance(logger, WandbLogger) and isinstance(init, dict) and init.get("anonymous", "set") is None:
+            del init["anonymous"]
 
 
 def _quiet_third_party() -> None:
