@@ -43,6 +43,10 @@ class GenRecCLI(LightningCLI):
             # weights whether its tokenizer was fitted just now or found on disk.
             self._set_seed()
 
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        _drop_wandb_anonymous(self.trainer)
+
     def _require_training_length(self) -> None:
         """Refuses to ``fit`` a recommender whose config sets no training length.
 
@@ -114,6 +118,17 @@ class _DropNotices(logging.Filter):
         return "litlogger" not in record.getMessage()
 
 
+def _drop_wandb_anonymous(trainer) -> None:
+    """Lightning's WandbLogger passes ``anonymous`` to ``wandb.init`` even when unset, and wandb >= 0.19 then warns
+    on every run that the setting has no effect; an unset one is left out (a set one is passed on, and warned of)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in getattr(trainer, "loggers", None) or []:
+        init = getattr(logger, "_wandb_init", None)
+        if isinstance(logger, WandbLogger) and isinstance(init, dict) and init.get("anonymous", "set") is None:
+            del init["anonymous"]
+
+
 def _quiet_third_party() -> None:
     logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropNotices) for f in logger.filters):
@@ -136,14 +151,17 @@ def main(args: list[str] | None = None, *, run: bool = True) -> LightningCLI:
 
 
 def input_error(error: BaseException) -> BaseException | None:
-    """The bad-input error (a data file or a tokenizer artifact) behind ``error``, if any: jsonargparse wraps an
-    error raised while it builds the datamodule in its own, so the chain of causes is searched."""
+    """The bad-input error (a data file, its item text, a tokenizer artifact or what names one) behind ``error``:
+    jsonargparse wraps an error raised while it builds the datamodule in its own, so the chain of causes is
+    searched."""
     from genrec.data import DataFormatError
+    from genrec.data.text import ItemTextError
     from genrec.tokenizer.artifact import ArtifactError
+    from genrec.tokenizer.recipe import RecipeError
 
     seen = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, (DataFormatError, ArtifactError)):
+        if isinstance(error, (DataFormatError, ItemTextError, ArtifactError, RecipeError)):
             return error
         seen.add(id(error))
         error = error.__cause__ or error.__context__

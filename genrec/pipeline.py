@@ -9,14 +9,22 @@ every missing one is made by its own run, exactly as ``python train.py fit --con
 ``python train.py fit <made_by...>``) would; that run in turn makes what its own config needs, so one command
 can chain SASRec -> tokenizer -> generative model. This is the only place where one run starts another: library
 objects (DataModules, models) never train anything, and a DataModule given a missing artifact raises.
+
+A run that names a tokenizer config but no artifact (``data.tokenizer: null``, e.g. ``configs/tiger/cpu.yaml`` with
+``--data.dataset PATH``) gets the artifact named from the dataset and the config's settings
+(:func:`genrec.tokenizer.recipe.derive_tokenizer`): it is written into the run's config here, before the objects
+are built, so the DataModule, the saved config and the checkpoint all name it.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from genrec.tokenizer.recipe import RecipeError, TokenizerSettings, run_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +37,13 @@ class Artifact(NamedTuple):
     """The config that fits it (tokenizers; None: none given)."""
     made_by: tuple[str, ...] = ()
     """``train.py fit`` arguments of the run that writes it, when that is not one config file (a feature file)."""
+    derived: tuple[str, ...] = ()
+    """For a tokenizer named from its settings: the ``train.py fit`` arguments that write it there."""
 
     def fit_args(self) -> list[str]:
         """The ``train.py fit`` arguments that make this artifact ([]: nothing can)."""
-        if self.made_by:
-            return list(self.made_by)
+        if self.made_by or self.derived:
+            return list(self.made_by or self.derived)
         return ["--config", self.config] if self.config is not None else []
 
 
@@ -48,16 +58,39 @@ def _get(node: Any, key: str) -> Any:
     return getattr(node, key, None)
 
 
+def _has(node: Any, key: str) -> bool:
+    return key in node if isinstance(node, Mapping) or hasattr(node, "__contains__") else hasattr(node, key)
+
+
+def _tokenizer(args: Any) -> Artifact | None:
+    """The tokenizer artifact a datamodule's ``init_args`` name, or name from their settings (``tokenizer: null``)."""
+    if not _has(args, "tokenizer"):
+        return None  # a datamodule without a tokenizer (SASRec's, the tokenizers' own)
+    tokenizer, config, given = (_get(args, key) for key in ("tokenizer", "tokenizer_config", "tokenizer_settings"))
+    settings = None
+    if given is not None and any(_get(given, f.name) is not None for f in fields(TokenizerSettings)):
+        if tokenizer is not None:
+            raise RecipeError(
+                f"data.tokenizer_settings apply to a tokenizer named from them (data.tokenizer: null), but "
+                f"data.tokenizer is {str(tokenizer)!r}: set one or the other"
+            )
+        settings = TokenizerSettings(**{f.name: _get(given, f.name) for f in fields(TokenizerSettings)})
+    named = run_tokenizer(_get(args, "dataset"), tokenizer, config, settings)
+    return Artifact(named.path, config, derived=named.fit_args if tokenizer is None else ())
+
+
 def required_artifacts(data: Any) -> list[Artifact]:
     """The artifacts named by a parsed ``data`` config node (``{class_path, init_args}``), in fitting order.
 
     Args:
-        data: the ``data`` node of a parsed LightningCLI config; datamodules without tokenizers give ``[]``.
+        data: the ``data`` node of a parsed LightningCLI config; datamodules without tokenizers give ``[]``. A
+            tokenizer left unnamed is named from the dataset and its config's settings (``Artifact.derived``).
     """
     args = _get(data, "init_args") or data
     needed = []
-    if _get(args, "tokenizer") is not None:
-        needed.append(Artifact(str(_get(args, "tokenizer")), _get(args, "tokenizer_config")))
+    tokenizer = _tokenizer(args)
+    if tokenizer is not None:
+        needed.append(tokenizer)
     for modality in _get(args, "input_modalities") or ():
         needed.append(Artifact(str(_get(modality, "tokenizer")), _get(modality, "tokenizer_config")))
     for source in [*(_get(args, "sources") or ()), *(_get(args, "content_sources") or ())]:
@@ -88,13 +121,19 @@ def fit_missing(data: Any, *, run: Callable[[str], object]) -> list[Artifact]:
             ``lambda args: main(["fit", *args])``.
 
     Returns:
-        The artifacts that were fitted (empty when all existed whole).
+        The artifacts that were fitted (empty when all existed whole). A tokenizer named from its settings
+        (``tokenizer: null``) is named in ``data`` too, so the objects of the run are built with it.
 
     Raises:
         FileNotFoundError: an artifact is missing and has no config, or its config ran but did not write it.
     """
     fitted = []
-    for artifact in required_artifacts(data):
+    needed = required_artifacts(data)
+    for artifact in needed:
+        if artifact.derived:  # the tokenizer named from its settings: the run's objects are built with that name
+            (_get(data, "init_args") or data)["tokenizer"] = artifact.path
+            log.info("the run's tokenizer, named from its dataset and settings: %s", artifact.path)
+    for artifact in needed:
         if _present(artifact):
             continue
         args = artifact.fit_args()

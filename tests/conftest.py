@@ -70,6 +70,58 @@ def cli_args(dataset: Path, tokenizer: Path, out: Path, *extra: str) -> list[str
     ]
 
 
+GENRES = ("Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi")
+
+
+def own_data(root: Path, layout: str, *, users: int = 40, items: int = 120, length: int = 8, noise: float = 0.0,
+             seed: int = 0) -> Path:
+    """A MovieLens-like dataset as a person would bring it, in one of genrec's three formats.
+
+    Item ``i`` (dataset id ``i + 1``) is a film of genre ``i % 6``; each user watches films of one genre in
+    order (the next item is ``i + 6``, mod the catalogue), with a ``noise`` share of random films between.
+
+    Args:
+        layout: ``"sequences"`` (sequences.txt + items.jsonl with ``title`` / ``categories``), ``"recbole"``
+            (``<name>.inter`` + ``<name>.item`` with RecBole's MovieLens fields ``movie_title``, ``release_year``,
+            ``class``) or ``"csv"`` (``ratings.csv`` with MovieLens' named columns, no item file).
+
+    Returns:
+        The dataset's path: the folder (sequences, recbole) or the .csv file.
+    """
+    import random
+
+    rng = random.Random(seed)
+    g = len(GENRES)
+    sequences = []
+    for _ in range(users):
+        item, seq = rng.randrange(items), []
+        for _ in range(length):
+            seq.append(item)
+            item = rng.randrange(items) if rng.random() < noise else (item + g) % items
+        sequences.append(seq)
+    root.mkdir(parents=True, exist_ok=True)
+    title = lambda i: f"Film {i + 1} ({1950 + i % 50})"  # noqa: E731
+    if layout == "sequences":
+        lines = [f"{u + 1} " + " ".join(str(i + 1) for i in seq) for u, seq in enumerate(sequences)]
+        records = [{"item_id": i + 1, "title": title(i), "categories": [["Films", GENRES[i % g]]]} for i in range(items)]
+        return write_sequences_dataset(root, lines, records)
+    rows = [(u + 1, i + 1, 1 + (u * 7 + t) % 5, 880_000_000 + 3600 * t)
+            for u, seq in enumerate(sequences) for t, i in enumerate(seq)]
+    if layout == "csv":
+        path = root / "ratings.csv"
+        path.write_text("userId,movieId,rating,timestamp\n" + "".join(f"{u},{i},{r},{t}\n" for u, i, r, t in rows))
+        return path
+    if layout != "recbole":
+        raise ValueError(f"unknown layout {layout!r}")
+    (root / f"{root.name}.inter").write_text(
+        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+        + "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows))
+    (root / f"{root.name}.item").write_text(
+        "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+        + "".join(f"{i + 1}\t{title(i)}\t{1950 + i % 50}\t{GENRES[i % g]}\n" for i in range(items)))
+    return root
+
+
 def walk_title(item: int) -> str:
     """The walk's item titles (with an ampersand, which the item file stores as an HTML entity)."""
     return "Soap & Sponge" if item == 5 else f"Walk item {item}"
@@ -103,6 +155,22 @@ def trained_walk(tmp_path_factory, _one_torch_thread) -> TrainedWalk:
     (checkpoint,) = (tmp / "run").rglob("*.ckpt")
     metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("test/")}
     return TrainedWalk(dataset, tokenizer, checkpoint, metrics, out.getvalue())
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory) -> str:
+    """A randomly initialised 2-layer BERT with MiniLM's tokenizer, saved as a local HF folder: an item text
+    encoder that costs nothing to run."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from genrec.features.text import DEFAULT_ENCODER, resolve_encoder
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    AutoTokenizer.from_pretrained(resolve_encoder(DEFAULT_ENCODER)).save_pretrained(path)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
+    BertModel(config).save_pretrained(path)
+    return str(path)
 
 
 @pytest.fixture

@@ -44,3 +44,22 @@ def test_a_run_shows_no_notice_the_user_cannot_act_on(tmp_path, caplog, recwarn)
     text = caplog.text + " ".join(str(w.message) for w in recwarn)
     assert "litlogger" not in text and "LeafSpec" not in text and "`weights_only` was not set" not in text
     assert "genrec" in caplog.text  # genrec's own messages still come through
+
+
+def test_a_wandb_run_is_started_without_the_anonymous_warning(tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "false")
+    dataset, tokenizer = synthetic(tmp_path, users=40)
+    logger = json.dumps({"class_path": "lightning.pytorch.loggers.WandbLogger",
+                         "init_args": {"save_dir": str(tmp_path / "wandb"), "project": "genrec-test"}})
+    cli = main([*cli_args(dataset, tokenizer, tmp_path / "run", "--trainer.max_steps=1"),
+                f"--trainer.logger={logger}"], run=False)
+    (wandb_logger,) = cli.trainer.loggers
+    assert "anonymous" not in wandb_logger._wandb_init
+    try:
+        wandb_logger.experiment  # starts the (offline) wandb run, as fit does
+    finally:
+        wandb_logger.experiment.finish()
+    out = capfd.readouterr()
+    assert "offline" in out.out + out.err  # wandb spoke: the check below is not vacuous
+    assert "anonymous" not in out.out + out.err

@@ -11,19 +11,6 @@ from genrec.features import text as emb
 from tests.conftest import write_sequences_dataset
 
 
-@pytest.fixture(scope="module")
-def tiny_encoder(tmp_path_factory):
-    """A randomly initialised 2-layer BERT with MiniLM's tokenizer, saved as a local HF folder."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    path = tmp_path_factory.mktemp("tiny-bert")
-    AutoTokenizer.from_pretrained(emb.resolve_encoder(emb.DEFAULT_ENCODER)).save_pretrained(path)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
-    BertModel(config).save_pretrained(path)
-    return str(path)
-
-
 def test_item_texts_template_unescapes_and_renders_paths(tiny_dataset):
     texts, empty = emb.item_texts(load_dataset(tiny_dataset))
     assert texts[0] == "Red & Blue Lipstick. Beauty > Makeup"

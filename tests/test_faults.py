@@ -1,9 +1,11 @@
 """Fault injection: a tokenizer artifact survives a writer killed at any point, refuses a second writer, and refuses
-files that were changed or are missing; the next fit then writes it whole."""
+files that were changed or are missing; the next fit then writes it whole. A feature cache entry survives a writer
+killed mid-write, and a damaged one is computed again."""
 
 from __future__ import annotations
 
 import fcntl
+import json
 import subprocess
 import sys
 import textwrap
@@ -11,6 +13,7 @@ import textwrap
 import pytest
 import torch
 
+from genrec.features.cache import load_cached, save_cached
 from genrec.tokenizer.artifact import ArtifactError, is_complete, load_tokenizer, save_tokenizer
 from tests.conftest import ROOT
 
@@ -87,3 +90,49 @@ def test_an_altered_or_incomplete_artifact_is_refused_naming_the_file(tmp_path, 
     with pytest.raises(ArtifactError, match=message):
         load_tokenizer(directory)
     assert is_complete(directory) is (damage != "empty folder")
+
+
+def _killed_cache_writer(path, *, where: str) -> int:
+    """Runs save_cached(path, ...) in a child process that SIGKILLs itself at ``where``; its exit code."""
+    script = textwrap.dedent(f"""
+        import os, signal, numpy as np
+        import genrec.features.cache as cache
+        die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+        if {where!r} == "mid-matrix":     # half of the new matrix's bytes written
+            def save(f, array):
+                f.write(b"\\x93NUMPY" + bytes(100))
+                f.flush()
+                die()
+            cache.np.save = save
+        elif {where!r} == "before-metadata":  # the matrix in place, its metadata not yet
+            cache.json.dumps = die
+        cache.save_cached(cache.Path({str(path)!r}), np.full((3, 2), 7, dtype=np.float32), {{"fit": "new"}})
+    """)
+    return subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True).returncode
+
+
+@pytest.mark.parametrize("where", ["mid-matrix", "before-metadata"])
+def test_a_cache_writer_killed_mid_write_leaves_a_whole_entry_and_the_next_write_tidies(tmp_path, where):
+    path = tmp_path / "embeddings" / "ds-enc-0123.npy"
+    save_cached(path, torch.ones(3, 2), {"fit": "old"})
+    assert _killed_cache_writer(path, where=where) == -9
+    # Readers see the previous matrix (killed before its rename) or the new one (after it), never a part.
+    expected = torch.ones(3, 2) if where == "mid-matrix" else torch.full((3, 2), 7.0)
+    assert torch.equal(load_cached(path), expected)
+    assert json.loads(path.with_suffix(".json").read_text()) == {"fit": "old"}
+    orphans = list(path.parent.glob(".*.tmp"))
+    assert len(orphans) == (1 if where == "mid-matrix" else 0)
+    save_cached(path, torch.zeros(3, 2), {"fit": "next"})  # the next write is whole and removes the orphan
+    assert torch.equal(load_cached(path), torch.zeros(3, 2))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["ds-enc-0123.json", "ds-enc-0123.npy"]
+
+
+def test_a_damaged_cache_entry_is_a_miss_named_in_a_warning(tmp_path, caplog):
+    path = tmp_path / "ds-enc-0123.npy"
+    save_cached(path, torch.ones(50, 4), {})
+    path.write_bytes(path.read_bytes()[:90])  # truncated outside genrec (a full disk, a partial copy)
+    with caplog.at_level("WARNING"):
+        assert load_cached(path) is None
+    assert f"{path}: unreadable cache entry" in caplog.text
+    save_cached(path, torch.ones(50, 4), {})  # the caller computes it again and rewrites it
+    assert torch.equal(load_cached(path), torch.ones(50, 4))

@@ -190,6 +190,49 @@ def test_catalogue_softmax_normalises_over_the_ids_that_exist_and_ranks_as_the_d
         _network(softmax="items")
 
 
+def test_item_logits_add_the_tied_id_embedding_to_the_codes_and_start_as_the_codes_alone():
+    codes_only = _network(softmax="catalogue", item_embeddings=True)
+    net = _network(softmax="catalogue", item_embeddings=True, item_logits=True)
+    history = torch.tensor([[-1, 3, 8, 2], [1, 2, 3, 4]])
+    with torch.no_grad():
+        # Zero at initialisation: the same scores as the codes alone.
+        torch.testing.assert_close(net.score_items(net(history)[:, -1]), codes_only.score_items(net(history)[:, -1]))
+        net.item_embedding.weight.normal_(generator=torch.Generator().manual_seed(0))
+        hidden = net(history)[:, -1]
+        logits = net.code_logits(hidden)
+    expected = net.per_item(logits) + hidden @ net.item_embedding.weight.T  # the input's embedding, tied
+    torch.testing.assert_close(net.score_items(hidden), expected.log_softmax(-1))
+    labels = torch.tensor([[-1, 8, 2, 11], [2, 3, 4, 0]])
+    all_hidden = net(history)
+    item_scores = net.item_scores(all_hidden[labels >= 0], net.code_logits(all_hidden[labels >= 0]))
+    torch.testing.assert_close(net.loss(all_hidden, labels), F.cross_entropy(item_scores, labels[labels >= 0]))
+    net.loss(all_hidden, labels).backward()
+    assert net.item_embedding.weight.grad[labels[labels >= 0]].abs().sum() > 0  # the output side trains it
+    with pytest.raises(ValueError, match="needs item_embeddings=true and softmax='catalogue'"):
+        _network(softmax="catalogue", item_logits=True)
+    with pytest.raises(ValueError, match="needs item_embeddings=true and softmax='catalogue'"):
+        _network(item_embeddings=True, item_logits=True)
+
+
+def test_label_smoothing_smooths_the_catalogue_softmax_only():
+    plain, smooth = _network(softmax="catalogue"), _network(softmax="catalogue", label_smoothing=0.1)
+    history = torch.tensor([[-1, 3, 8, 2], [1, 2, 3, 4]])
+    labels = torch.tensor([[-1, 8, 2, 11], [2, 3, 4, 0]])
+    with torch.no_grad():
+        hidden = smooth(history)
+        item_logits = smooth.per_item(smooth.code_logits(hidden[labels >= 0]))
+        log_p = item_logits.log_softmax(-1)
+        target = labels[labels >= 0]
+        # (1 - eps) of the target's cross-entropy and eps of the uniform one over the 30 items.
+        expected = -(0.9 * log_p.gather(1, target[:, None]).squeeze(1) + 0.1 * log_p.mean(1)).mean()
+        torch.testing.assert_close(smooth.loss(hidden, labels), expected)
+        assert not torch.isclose(plain.loss(hidden, labels), expected)
+    with pytest.raises(ValueError, match="needs softmax='catalogue'"):
+        _network(label_smoothing=0.1)
+    with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\)"):
+        _network(softmax="catalogue", label_smoothing=1.0)
+
+
 def test_code_logits_stay_float32_under_bf16_autocast():
     net = _network(softmax="catalogue")
     history = torch.tensor([[-1, 3, 8, 2], [1, 2, 3, 4]])

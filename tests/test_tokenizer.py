@@ -24,6 +24,7 @@ from genrec.tokenizer import (
     save_tokenizer,
 )
 from genrec.tokenizer.kmeans import kmeans
+from genrec.tokenizer.residual import residual_quantize
 
 
 def clustered(n: int = 600, d: int = 24, centres: int = 40, noise: float = 0.05, seed: int = 0) -> torch.Tensor:
@@ -322,7 +323,8 @@ def test_rqvae_lightning_trains_and_writes_artifact(tmp_path):
     pl.seed_everything(0)
     x = clustered(n=512, d=20, centres=30, noise=0.3)
     data = ItemFeatures(features=x, batch_size=128)
-    module = RQVAETokenizer(output_dir=str(tmp_path / "vae"), encoder_dims=(32, 8), codebook_size=16, lr=3e-3)
+    module = RQVAETokenizer(output_dir=str(tmp_path / "vae"), encoder_dims=(32, 8), levels=3, codebook_size=16,
+                            lr=3e-3)
     losses = []
 
     class Record(pl.Callback):
@@ -435,3 +437,29 @@ def test_lightning_modules_check_the_data(tmp_path):
     bad[3] = float("nan")
     with pytest.raises(ValueError, match=r"ItemFeatures\(features=...\): 1 of 20 rows hold NaN or inf .*\[3\]"):
         ItemFeatures(features=bad)
+
+
+def test_residual_quantization_gradients_are_the_same_bits_every_time():
+    # Issue 15, case 10: RQ-VAE fits at one seed differed between processes. The codebook rows were gathered by
+    # advanced indexing, whose CPU backward accumulates rows in parallel in no fixed order (on 2 threads about a
+    # third of the calls differed in the last bits, and training amplified that into other codes).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(2, threads))
+    try:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(1024, 32, generator=g, requires_grad=True)
+        codebooks = torch.randn(3, 256, 32, generator=g, requires_grad=True)
+        upstream = torch.randn(1024, 3, 32, generator=g)
+
+        def gradients() -> tuple[torch.Tensor, torch.Tensor]:
+            x.grad = codebooks.grad = None
+            q = residual_quantize(x, codebooks)
+            torch.autograd.backward([q.selected, q.residuals], [upstream, upstream])
+            return x.grad.clone(), codebooks.grad.clone()
+
+        first = gradients()
+        for _ in range(40):
+            again = gradients()
+            assert torch.equal(again[0], first[0]) and torch.equal(again[1], first[1])
+    finally:
+        torch.set_num_threads(threads)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "tokenizer").glob("*.yaml"))
 
@@ -28,7 +29,12 @@ def test_tokenizer_config_instantiates(config, tmp_path, monkeypatch):
     # pipeline step only says what it would make (SASRec's embeddings, for the configs that read them).
     wanted = []
     monkeypatch.setattr(genrec.cli, "fit_missing", lambda data, run: wanted.extend(required_artifacts(data)) or [])
-    cli = main(["--config", str(config), "--trainer.default_root_dir", str(tmp_path)], run=False)
+    args = ["--config", str(config), "--trainer.default_root_dir", str(tmp_path)]
+    spec = yaml.safe_load(config.read_text())
+    if spec["data"]["init_args"]["dataset"] is None:  # a recipe for any dataset: its command names the dataset
+        assert "--data.dataset PATH --model.output_dir tokenizers/NAME" in config.read_text()
+        args += ["--data.dataset", "amazon-beauty", "--model.output_dir", f"tokenizers/{config.stem}"]
+    cli = main(args, run=False)
     for artifact in wanted:
         assert artifact.path.endswith("item_embeddings.npy")
         assert artifact.fit_args()[::2] == ["--config", "--config"] and "configs/sasrec/" in artifact.fit_args()[-1]

@@ -12,11 +12,13 @@ the mapping is kept so any output can be mapped back (:attr:`SequenceDataset.ite
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -29,6 +31,7 @@ from genrec.data.formats import (
     read_items_jsonl,
     read_recbole,
     read_sequences,
+    recbole_item_file,
 )
 
 log = logging.getLogger(__name__)
@@ -118,35 +121,74 @@ def same_dataset(a: str | Path, b: str | Path) -> bool:
         return dataset_name(a) == dataset_name(b)
 
 
-def _read(path: Path) -> tuple[RawData, Path | None]:
-    """Reads whichever format ``path`` holds; also returns the items file it read, if any."""
+class DataFiles(NamedTuple):
+    """The files a dataset path stands for, and their format."""
+
+    format: Literal["sequences", "recbole", "table"]
+    """``sequences`` (sequences.txt [+ items.jsonl]), ``recbole`` (atomic files) or ``table`` (a .csv / .tsv)."""
+    interactions: Path
+    items: Path | None
+    """The item file (items.jsonl or <name>.item), if there is one."""
+
+    def describe(self) -> str:
+        kind = {"sequences": "sequences.txt", "recbole": "RecBole atomic files",
+                "table": "interactions table"}[self.format]
+        return f"{kind}: " + ", ".join(str(p) for p in (self.interactions, self.items) if p is not None)
+
+
+def data_files(path: Path) -> DataFiles:
+    """Which files a dataset folder or file holds and in which format; raises ``DataFormatError`` saying what a
+    folder must hold when it holds none or several."""
     if path.is_dir():
         sequences = find_file(path, "sequences.txt")
         if sequences is not None:
-            raw = read_sequences(sequences)
-            items_path = find_file(path, "items.jsonl")
-            if items_path is not None:
-                raw.items = read_items_jsonl(items_path)
-            return raw, items_path
+            return DataFiles("sequences", sequences, find_file(path, "items.jsonl"))
         inter = sorted(path.glob("*.inter")) + sorted(path.glob("*.inter.gz"))
         if len(inter) == 1:
-            return read_recbole(inter[0]), None
+            return DataFiles("recbole", inter[0], recbole_item_file(inter[0]))
         if len(inter) > 1:
             raise DataFormatError(path, None, f"several RecBole .inter files: {[p.name for p in inter]}; name one")
         tables = sorted(p for p in path.iterdir() if p.name.endswith((".csv", ".tsv", ".csv.gz", ".tsv.gz")))
         if len(tables) == 1:
-            return read_interactions(tables[0]), None
+            return DataFiles("table", tables[0], None)
         raise DataFormatError(
             path, None, "expected sequences.txt, one RecBole <name>.inter, or one interactions .csv/.tsv in the folder"
         )
     name = path.name.removesuffix(".gz")
     if name.endswith(".inter"):
-        return read_recbole(path), None
+        return DataFiles("recbole", path, recbole_item_file(path))
     if name.endswith((".csv", ".tsv")):
-        return read_interactions(path), None
+        return DataFiles("table", path, None)
     if name.startswith("sequences"):
-        return read_sequences(path), None
+        return DataFiles("sequences", path, None)
     raise DataFormatError(path, None, "unknown format: expected a dataset folder, a .inter, .csv or .tsv file")
+
+
+def dataset_fingerprint(dataset: str | Path) -> str:
+    """sha256 of a dataset's resolved path and the bytes of its files: artifacts named by it are never shared by
+    two datasets, nor by one dataset before and after its files change."""
+    path = resolve(dataset).resolve()
+    h = hashlib.sha256(str(path).encode())
+    files = data_files(path)
+    for file in (f for f in (files.interactions, files.items) if f is not None):
+        h.update(b"\0" + file.name.encode() + b"\0")
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _read(path: Path) -> tuple[RawData, Path | None]:
+    """Reads whichever format ``path`` holds; also returns the items file it read, if any."""
+    files = data_files(path)
+    if files.format == "recbole":
+        return read_recbole(files.interactions), files.items
+    if files.format == "table":
+        return read_interactions(files.interactions), None
+    raw = read_sequences(files.interactions)
+    if files.items is not None:
+        raw.items = read_items_jsonl(files.items)
+    return raw, files.items
 
 
 def k_core(raw: RawData, k: int) -> RawData:

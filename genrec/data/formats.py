@@ -305,10 +305,15 @@ def read_recbole(inter_path: str | Path) -> RawData:
     sequences = [[item for _, _, item in sorted(per_user[u])] for u in order]
 
     items = None
-    item_path = find_file(inter_path.parent, inter_path.name.removesuffix(".gz").removesuffix(".inter") + ".item")
+    item_path = recbole_item_file(inter_path)
     if item_path is not None:
         items = _read_recbole_items(item_path)
     return RawData(users=order, sequences=sequences, items=items)
+
+
+def recbole_item_file(inter_path: Path) -> Path | None:
+    """The ``<name>.item[.gz]`` beside a ``<name>.inter[.gz]``, if there is one."""
+    return find_file(inter_path.parent, inter_path.name.removesuffix(".gz").removesuffix(".inter") + ".item")
 
 
 def _read_recbole_items(path: Path) -> dict[RawId, dict]:

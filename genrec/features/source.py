@@ -59,7 +59,8 @@ class TextEmbeddings(FeatureSource):
     encoder: str | None = None
     """HF encoder name or path; None for the library default (all-MiniLM-L6-v2)."""
     template: str | None = None
-    """Item text template, e.g. ``"{title}. {categories}"``; None for the library default."""
+    """Item text template, e.g. ``"{title}. {categories}"``; None: that one, or the item file's title- and
+    category-like fields when it has neither (``genrec.data.text.resolve_template``, logged)."""
     batch_size: int = 256
     """Encoder batch size."""
     cache_dir: str | None = None

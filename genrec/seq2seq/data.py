@@ -6,6 +6,7 @@ yield whole batches by indexing those tensors, so training is bound by the model
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from genrec.data.loading import SplitDataModule, TokenBatches, item_sequence_par
 from genrec.seq2seq.catalogue import Catalogue
 from genrec.seq2seq.vocab import PAD_ID, CodeVocab
 from genrec.features import FeatureSource
+from genrec.tokenizer.recipe import NO_DATASET, RecipeError, TokenizerSettings, run_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +36,22 @@ class Modality:
     """YAML config that fits ``tokenizer`` when it does not exist yet."""
 
 
-def _load_artifact(tokenizer: str, tokenizer_config: str | None, n_items: int, dataset: str):
+def _named_tokenizer(
+    dataset: str | None, tokenizer: str | None, config: str | None, settings: TokenizerSettings | None
+) -> tuple[str, str]:
+    """:func:`genrec.tokenizer.recipe.run_tokenizer`'s artifact, and the command that fits it (for errors)."""
+    if dataset is None:
+        raise RecipeError(NO_DATASET)
+    named = run_tokenizer(dataset, tokenizer, config, settings)
+    how = ("python train.py fit " + " ".join(named.fit_args)) if named.fit_args else "a tokenizer config"
+    return named.path, how
+
+
+def _load_artifact(tokenizer: str, how: str, n_items: int, dataset: str):
     """Loads a tokenizer artifact fitted on ``dataset`` (``train.py`` fits a missing one first: genrec.pipeline)."""
     from genrec.tokenizer.artifact import load_tokenizer
 
     if not Path(tokenizer).exists():
-        how = f"python train.py fit --config {tokenizer_config}" if tokenizer_config else "a tokenizer config"
         raise FileNotFoundError(f"tokenizer artifact {tokenizer!r} does not exist: fit it first ({how})")
     ids = load_tokenizer(tokenizer)
     fitted_on = (ids.config.get("data") or {}).get("dataset")
@@ -54,6 +66,13 @@ def _load_artifact(tokenizer: str, tokenizer_config: str | None, n_items: int, d
             "another dataset"
         )
     return ids
+
+
+def _plain_settings(hparams) -> None:
+    """Stores the tokenizer settings as a plain dict, so that checkpoints load with ``weights_only``."""
+    settings = hparams.get("tokenizer_settings")
+    if settings is not None and not isinstance(settings, dict):
+        hparams["tokenizer_settings"] = dataclasses.asdict(settings)
 
 
 def encode_histories(
@@ -105,9 +124,11 @@ class SemanticIdData(SplitDataModule):
     this object (:mod:`genrec.pipeline`); the DataModule itself never trains anything.
 
     Args:
-        dataset: bundled name or path.
-        tokenizer: artifact folder, e.g. ``tokenizers/beauty-rqkmeans``: the IDs the model generates.
+        dataset: bundled name or path (None only in a config that is given one: ``--data.dataset``).
+        tokenizer: artifact folder, e.g. ``tokenizers/beauty-rqkmeans``: the IDs the model generates; None: the
+            one named from the dataset and ``tokenizer_config``'s settings (:mod:`genrec.tokenizer.recipe`).
         tokenizer_config: YAML config that fits ``tokenizer``; ``train.py`` runs it when the artifact is missing.
+        tokenizer_settings: with ``tokenizer`` None, settings over ``tokenizer_config``'s (sizes, text template).
         input_modalities: more semantic-ID artifacts whose codes follow each history item's ID in the encoder
             input (MSCGRec: text and image codes beside the collaborative ID); never decoded.
         content_sources: item features (e.g. text embeddings) offered to models that read item content
@@ -124,9 +145,10 @@ class SemanticIdData(SplitDataModule):
     def __init__(
         self,
         *,
-        dataset: str = "amazon-beauty",
-        tokenizer: str = "tokenizers/beauty-rqkmeans",
+        dataset: str | None = "amazon-beauty",
+        tokenizer: str | None = "tokenizers/beauty-rqkmeans",
         tokenizer_config: str | None = None,
+        tokenizer_settings: TokenizerSettings | None = None,
         input_modalities: list[Modality] | None = None,
         content_sources: list[FeatureSource] | None = None,
         max_len: int = 20,
@@ -138,10 +160,13 @@ class SemanticIdData(SplitDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        _plain_settings(self.hparams)
+        tokenizer, how = _named_tokenizer(dataset, tokenizer, tokenizer_config, tokenizer_settings)
         self.dataset = load_dataset(dataset)
         n_items = self.dataset.n_items
-        semantic_ids = _load_artifact(tokenizer, tokenizer_config, n_items, dataset)
-        inputs = [_load_artifact(m.tokenizer, m.tokenizer_config, n_items, dataset) for m in input_modalities or ()]
+        semantic_ids = _load_artifact(tokenizer, how, n_items, dataset)
+        inputs = [_load_artifact(*_named_tokenizer(dataset, m.tokenizer, m.tokenizer_config, None), n_items, dataset)
+                  for m in input_modalities or ()]
         self.vocab = CodeVocab(
             tuple(semantic_ids.level_sizes), user_buckets, tuple(tuple(m.level_sizes) for m in inputs)
         )
@@ -235,9 +260,11 @@ class SemanticIdSequences(SplitDataModule):
     ``tokenizer_config`` first, :mod:`genrec.pipeline`).
 
     Args:
-        dataset: bundled name or path.
-        tokenizer: artifact folder, e.g. ``tokenizers/beauty-text-cooc-pq32``.
+        dataset: bundled name or path (None only in a config that is given one: ``--data.dataset``).
+        tokenizer: artifact folder, e.g. ``tokenizers/beauty-text-cooc-pq32``; None: the one named from the dataset
+            and ``tokenizer_config``'s settings (:mod:`genrec.tokenizer.recipe`).
         tokenizer_config: YAML config that fits ``tokenizer``; ``train.py`` runs it when the artifact is missing.
+        tokenizer_settings: with ``tokenizer`` None, settings over ``tokenizer_config``'s (sizes, text template).
         max_len: history length in items.
         batch_size: training rows (users) per batch.
         eval_batch_size: validation / test batch size.
@@ -247,9 +274,10 @@ class SemanticIdSequences(SplitDataModule):
     def __init__(
         self,
         *,
-        dataset: str = "amazon-beauty",
-        tokenizer: str = "tokenizers/beauty-text-cooc-pq32",
+        dataset: str | None = "amazon-beauty",
+        tokenizer: str | None = "tokenizers/beauty-text-cooc-pq32",
         tokenizer_config: str | None = None,
+        tokenizer_settings: TokenizerSettings | None = None,
         max_len: int = 50,
         batch_size: int = 256,
         eval_batch_size: int = 1024,
@@ -259,8 +287,10 @@ class SemanticIdSequences(SplitDataModule):
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
         self.save_hyperparameters()
+        _plain_settings(self.hparams)
+        tokenizer, how = _named_tokenizer(dataset, tokenizer, tokenizer_config, tokenizer_settings)
         self.dataset = load_dataset(dataset)
-        semantic_ids = _load_artifact(tokenizer, tokenizer_config, self.dataset.n_items, dataset)
+        semantic_ids = _load_artifact(tokenizer, how, self.dataset.n_items, dataset)
         self.catalogue = Catalogue(item_codes=semantic_ids.codes, semantic_ids=semantic_ids)
 
     # Read by the CLI's argument links (see genrec/cli.py).

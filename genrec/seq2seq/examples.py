@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from genrec.features.text import item_texts
+from genrec.data.text import ItemTextError, item_texts
 
 
 def _label(dataset, index: int, texts: list[str] | None) -> str:
@@ -16,7 +16,12 @@ def _label(dataset, index: int, texts: list[str] | None) -> str:
 def print_examples(model, datamodule, *, count: int = 3, part: str = "test", shown: int = 5) -> None:
     """Prints ``count`` users of a split part: their last items, the held-out item and the model's top items."""
     dataset = datamodule.dataset
-    texts = item_texts(dataset)[0] if dataset.items is not None else None
+    # The run's own item text template, if it set one (a tokenizer named from its settings).
+    template = (getattr(datamodule, "hparams", {}).get("tokenizer_settings") or {}).get("template")
+    try:
+        texts = item_texts(dataset, template)[0] if dataset.items is not None else None
+    except ItemTextError:  # items without text a template can render: the examples show their ids
+        texts = None
     samples = datamodule.parts[part]
     batch = samples[list(range(min(count, len(samples))))]
     model.eval()

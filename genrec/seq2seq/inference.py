@@ -26,8 +26,8 @@ import torch
 
 from genrec.data import SequenceDataset, load_dataset
 from genrec.data.dataset import same_dataset
-from genrec.features.text import item_texts
 from genrec.data.split import PAD_ITEM
+from genrec.data.text import item_texts, title_field
 from genrec.decoding import BeamSearchOutput
 from genrec.seq2seq.data import encode_histories
 from genrec.seq2seq.module import GenerativeRecommender
@@ -140,9 +140,9 @@ class Recommender:
         self.items = IdLookup(dataset.item_ids)
         self.users = IdLookup(dataset.user_ids)
         self.titles: list[str] | None = None
-        if dataset.items is not None:
-            titles = item_texts(dataset, "{title}")[0]
-            self.titles = titles if any(titles) else None
+        field = title_field(dataset) if dataset.items is not None else None
+        if field is not None:  # "title", or the item file's own title-like field (RecBole's movie_title)
+            self.titles = item_texts(dataset, "{" + field + "}")[0]
         self.hashed_users = 0  # requests whose user is not in the dataset (matters only with user buckets)
 
     @classmethod

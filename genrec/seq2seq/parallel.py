@@ -67,6 +67,9 @@ class ParallelIdNetwork(nn.Module):
         item_embeddings: add a learned, zero-initialised item-ID embedding to each history item.
         temperature: cosine-similarity temperature of the code logits; None scores by plain dot products.
         softmax: ``"digits"`` (one softmax per digit) or ``"catalogue"`` (over the IDs that exist); see :meth:`loss`.
+        item_logits: add the hidden state's dot product with the item-ID embedding to each item's catalogue logit
+            (the ID embedding then serves on both sides, as SASRec's does); needs both options above.
+        label_smoothing: of the catalogue softmax's cross-entropy.
     """
 
     def __init__(
@@ -79,6 +82,8 @@ class ParallelIdNetwork(nn.Module):
         item_embeddings: bool = False,
         temperature: float | None = 0.07,
         softmax: Softmax = "digits",
+        item_logits: bool = False,
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
         if softmax not in get_args(Softmax):
@@ -89,6 +94,15 @@ class ParallelIdNetwork(nn.Module):
             raise ValueError(f"need n_items >= 2 and max_len >= 1, got n_items={n_items}, max_len={max_len}")
         if temperature is not None and temperature <= 0:
             raise ValueError(f"temperature must be > 0 or None, got {temperature}")
+        if item_logits and not (item_embeddings and softmax == "catalogue"):
+            raise ValueError("item_logits scores items with their item-ID embeddings: it needs item_embeddings=true "
+                             "and softmax='catalogue'")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        if label_smoothing and softmax != "catalogue":
+            # Smoothing spreads mass over every class, and the per-digit softmax has -inf codes that do not exist.
+            raise ValueError("label_smoothing smooths the catalogue softmax: it needs softmax='catalogue'")
+        self.item_logits, self.label_smoothing = item_logits, label_smoothing
         m, k, d = len(level_sizes), max(level_sizes), arch.d_model
         self.digits, self.max_len, self.temperature, self.softmax = m, max_len, temperature, softmax
         sizes = torch.tensor(level_sizes)
@@ -193,6 +207,16 @@ class ParallelIdNetwork(nn.Module):
         bags = self.item_codes + torch.arange(self.digits, device=table.device) * k  # (n_items, m)
         return F.embedding_bag(bags, rearrange(table, "b m k -> (m k) b").contiguous(), mode="sum").T
 
+    def item_scores(self, hidden: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """(p, d) hidden states and their (p, m, k) code logits -> (p, n_items) catalogue logits: the sum of each
+        item's digits' logits, plus, with :attr:`item_logits`, the dot product of the hidden state with the item's
+        ID embedding (tied with the input's; zero at initialisation, so the model starts as the codes alone)."""
+        scores = self.per_item(logits)
+        if self.item_logits:
+            with torch.autocast(device_type=hidden.device.type, enabled=False):
+                scores = scores + hidden.float() @ self.item_embedding.weight.float().T
+        return scores
+
     def loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Next-item loss of ``labels`` (b, n) (-1: none) given ``hidden`` (b, n, d), under :attr:`softmax`.
 
@@ -202,9 +226,10 @@ class ParallelIdNetwork(nn.Module):
         TIGER's constrained softmax, :mod:`genrec.seq2seq.losses`).
         """
         keep = labels >= 0
-        logits = self.code_logits(hidden[keep])  # (p, m, k)
+        hidden = hidden[keep]
+        logits = self.code_logits(hidden)  # (p, m, k)
         if self.softmax == "catalogue":
-            return F.cross_entropy(self.per_item(logits), labels[keep])
+            return F.cross_entropy(self.item_scores(hidden, logits), labels[keep], label_smoothing=self.label_smoothing)
         target = self.item_codes[labels[keep]]  # (p, m)
         return F.cross_entropy(rearrange(logits, "p m k -> (p m) k"), rearrange(target, "p m -> (p m)"))
 
@@ -216,7 +241,7 @@ class ParallelIdNetwork(nn.Module):
         """
         logits = self.code_logits(hidden)
         if self.softmax == "catalogue":
-            return self.per_item(logits).log_softmax(-1)
+            return self.item_scores(hidden, logits).log_softmax(-1)
         return self.per_item(logits.log_softmax(-1))
 
 
@@ -236,6 +261,8 @@ class ParallelIdRecommender(pl.LightningModule):
         item_embeddings: add a learned item-ID embedding to each history item (input side only).
         temperature: cosine temperature of the code logits (RPG: 0.07); None for plain dot products.
         softmax: ``"digits"`` (RPG: one softmax per digit) or ``"catalogue"`` (over the IDs that exist).
+        item_logits: score items with their item-ID embeddings too, beside their codes (catalogue softmax only).
+        label_smoothing: of the catalogue softmax's cross-entropy.
         lr: peak AdamW learning rate.
         weight_decay: AdamW weight decay on matrices, none on biases and norms.
         warmup_steps: linear warm-up, then cosine decay to 0 over the run.
@@ -252,6 +279,8 @@ class ParallelIdRecommender(pl.LightningModule):
         item_embeddings: bool = False,
         temperature: float | None = 0.07,
         softmax: Softmax = "digits",
+        item_logits: bool = False,
+        label_smoothing: float = 0.0,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         warmup_steps: int = 100,
@@ -263,7 +292,8 @@ class ParallelIdRecommender(pl.LightningModule):
         self.save_hyperparameters()
         self.model = ParallelIdNetwork(
             level_sizes=tuple(level_sizes), n_items=n_items, max_len=max_len, arch=arch or ParallelIdArchitecture(),
-            item_embeddings=item_embeddings, temperature=temperature, softmax=softmax,
+            item_embeddings=item_embeddings, temperature=temperature, softmax=softmax, item_logits=item_logits,
+            label_smoothing=label_smoothing,
         )
         self.register_buffer("has_catalogue", torch.tensor(False))
         self.evaluator = RankingEvaluator()
@@ -272,7 +302,9 @@ class ParallelIdRecommender(pl.LightningModule):
     def system_name(self) -> str:
         """``RPG``, with the levers in use named after it (run records tell them apart)."""
         levers = [name for name, on in (("item IDs", self.hparams.item_embeddings),
-                                        ("catalogue softmax", self.hparams.softmax == "catalogue")) if on]
+                                        ("catalogue softmax", self.hparams.softmax == "catalogue"),
+                                        ("item logits", self.hparams.get("item_logits", False)),
+                                        ("smoothing", self.hparams.get("label_smoothing", 0.0))) if on]
         return f"RPG ({', '.join(levers)})" if levers else "RPG"
 
     @property

@@ -13,7 +13,8 @@ class ItemFeatures(pl.LightningDataModule):
     """The fused feature matrix of a dataset's items, served in shuffled batches of rows.
 
     Args:
-        dataset: dataset name (e.g. ``amazon-beauty``) or folder, passed to each feature source.
+        dataset: dataset name (e.g. ``amazon-beauty``) or path, passed to each feature source; None only with
+            ``features`` (a config that leaves it null, a recipe, is given one with ``--data.dataset``).
         sources: feature sources, fused as ``genrec.features.source`` describes; default: text embeddings.
         batch_size: rows per batch; None for the whole catalogue in one batch (what RQ-KMeans needs).
         num_workers: DataLoader workers (rows are in memory; 0 is right almost always).
@@ -23,7 +24,7 @@ class ItemFeatures(pl.LightningDataModule):
     def __init__(
         self,
         *,
-        dataset: str = "amazon-beauty",
+        dataset: str | None = "amazon-beauty",
         sources: list[FeatureSource] | None = None,
         batch_size: int | None = 1024,
         num_workers: int = 0,
@@ -32,6 +33,8 @@ class ItemFeatures(pl.LightningDataModule):
         super().__init__()
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 or None (whole catalogue), got {batch_size}")
+        if dataset is None and features is None:
+            raise ValueError("ItemFeatures: no dataset: name one with --data.dataset (a bundled name or a path)")
         self.dataset = dataset
         self.sources = list(sources) if sources is not None else [TextEmbeddings()]
         self.batch_size = batch_size

@@ -134,7 +134,24 @@ def write_artifact(
         fingerprint=feature_fingerprint(features),
     )
     log.info("tokenizer written to %s: %s", directory, metrics)
+    _warn_unused_codes(metrics, levels=raw_codes.shape[1], directory=directory)
     return load_tokenizer(directory)
+
+
+UNUSED_SHARE = 0.05
+"""A level whose perplexity is below this share of its codes is mostly unused vocabulary (warned)."""
+
+
+def _warn_unused_codes(metrics: dict, *, levels: int, directory: str | Path) -> None:
+    """Warns about quantizer levels (not the collision level) that use a small share of their codes: the codebook
+    is too large for the catalogue, and the model would carry vocabulary that no item uses."""
+    for j, (size, perplexity) in enumerate(zip(metrics["level_sizes"][:levels], metrics["perplexity"][:levels])):
+        if perplexity < UNUSED_SHARE * size:
+            log.warning(
+                "%s: level %d uses %.1f of its %d codes (perplexity): the codebook is large for %s items; leave "
+                "codebook_size and levels unset to have them fit the catalogue (genrec.tokenizer.sizes)",
+                directory, j, perplexity, size, f"{metrics['n_items']:,}",
+            )
 
 
 def log_tokenizer(loggers: Sequence, ids: SemanticIds, *, step: int = 0) -> None:

@@ -17,6 +17,7 @@ from torch import Tensor
 from genrec.tokenizer.artifact import SemanticIds
 from genrec.tokenizer.collisions import ORDERS, STRATEGIES
 from genrec.tokenizer.export import log_tokenizer
+from genrec.tokenizer.sizes import fill_sizes
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,17 @@ def derive_input_dim(module: pl.LightningModule, features: Tensor) -> bool:
     if module.hparams.input_dim != width:
         raise ValueError(f"model input_dim={module.hparams.input_dim} but the item features have width {width}")
     return False
+
+
+def derive_sizes(module: pl.LightningModule, n_items: int, *, length: str = "levels") -> bool:
+    """Fills the module's unset ``hparams[length]`` / ``hparams.codebook_size`` from the catalogue size (logged,
+    :mod:`genrec.tokenizer.sizes`); True if it filled one (the quantizer is built only now)."""
+    hp = module.hparams
+    if hp[length] is not None and hp.codebook_size is not None:
+        return False
+    sizes = fill_sizes(n_items, levels=hp[length], codebook_size=hp.codebook_size, who=module.method, length=length)
+    hp[length], hp["codebook_size"] = sizes
+    return True
 
 
 def check_collision(collision: str, order: str = "index") -> None:

@@ -26,6 +26,7 @@ from genrec.tokenizer.fitting import (
     collision_popularity,
     datamodule_features,
     derive_input_dim,
+    derive_sizes,
 )
 from genrec.tokenizer.product import ProductKMeans
 from genrec.tokenizer.residual import last_level_distances
@@ -41,8 +42,8 @@ class RQKMeansTokenizer(OneStepTokenizer):
     Args:
         output_dir: artifact folder, e.g. ``tokenizers/beauty-rqkmeans``.
         input_dim: feature width; None to take it from the datamodule.
-        levels: code levels l.
-        codebook_size: codes per level k.
+        levels: code levels l; None: from the catalogue size (:mod:`genrec.tokenizer.sizes`, logged).
+        codebook_size: codes per level k; None: from the catalogue size.
         max_iter: Lloyd iterations at most per level.
         tol: relative inertia improvement below which a level stops.
         seed: k-means++ seed.
@@ -56,8 +57,8 @@ class RQKMeansTokenizer(OneStepTokenizer):
         *,
         output_dir: str,
         input_dim: int | None = None,
-        levels: int = 3,
-        codebook_size: int = 256,
+        levels: int | None = None,
+        codebook_size: int | None = None,
         max_iter: int = 100,
         tol: float = 1e-4,
         seed: int = 0,
@@ -68,7 +69,7 @@ class RQKMeansTokenizer(OneStepTokenizer):
         check_collision(collision, collision_order)
         self.save_hyperparameters()
         self.quantizer: ResidualKMeans | None = None
-        if input_dim is not None:
+        if input_dim is not None and levels is not None and codebook_size is not None:
             self._build(input_dim)
 
     def _build(self, input_dim: int) -> None:
@@ -84,7 +85,8 @@ class RQKMeansTokenizer(OneStepTokenizer):
 
     def setup(self, stage: str) -> None:
         features, _ = datamodule_features(self.trainer)
-        if derive_input_dim(self, features):
+        sized = derive_sizes(self, features.shape[0])
+        if derive_input_dim(self, features) or sized:
             self._build(features.shape[1])
 
     method = "RQ-KMeans"
@@ -120,7 +122,7 @@ class ProductKMeansTokenizer(OneStepTokenizer):
         output_dir: artifact folder, e.g. ``tokenizers/beauty-text-cooc-pq32``.
         input_dim: feature width; None to take it from the datamodule.
         digits: ID length m (one subspace each).
-        codebook_size: codes per digit k.
+        codebook_size: codes per digit k; None: from the catalogue size (:mod:`genrec.tokenizer.sizes`, logged).
         whiten: whiten the principal axes before the random rotation.
         max_iter: Lloyd iterations at most per digit.
         tol: relative inertia improvement below which a digit stops.
@@ -136,7 +138,7 @@ class ProductKMeansTokenizer(OneStepTokenizer):
         output_dir: str,
         input_dim: int | None = None,
         digits: int = 32,
-        codebook_size: int = 256,
+        codebook_size: int | None = None,
         whiten: bool = False,
         max_iter: int = 50,
         tol: float = 1e-4,
@@ -147,7 +149,7 @@ class ProductKMeansTokenizer(OneStepTokenizer):
         check_collision(collision)
         self.save_hyperparameters()
         self.quantizer: ProductKMeans | None = None
-        if input_dim is not None:
+        if input_dim is not None and codebook_size is not None:
             self._build(input_dim)
 
     def _build(self, input_dim: int) -> None:
@@ -159,7 +161,8 @@ class ProductKMeansTokenizer(OneStepTokenizer):
 
     def setup(self, stage: str) -> None:
         features, _ = datamodule_features(self.trainer)
-        if derive_input_dim(self, features):
+        sized = derive_sizes(self, features.shape[0], length="digits")
+        if derive_input_dim(self, features) or sized:
             self._build(features.shape[1])
 
     @property
@@ -196,8 +199,8 @@ class RQVAETokenizer(TokenizerModule):
         output_dir: artifact folder, e.g. ``tokenizers/beauty-rqvae``.
         input_dim: feature width; None to take it from the datamodule.
         encoder_dims: encoder widths after the input, the last being the latent width (TIGER: 512, 256, 128, 32).
-        levels: code levels l.
-        codebook_size: codes per level k.
+        levels: code levels l; None: from the catalogue size (:mod:`genrec.tokenizer.sizes`, logged).
+        codebook_size: codes per level k; None: from the catalogue size.
         beta: commitment weight (TIGER: 0.25).
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
@@ -212,8 +215,8 @@ class RQVAETokenizer(TokenizerModule):
         output_dir: str,
         input_dim: int | None = None,
         encoder_dims: tuple[int, ...] = (512, 256, 128, 32),
-        levels: int = 3,
-        codebook_size: int = 256,
+        levels: int | None = None,
+        codebook_size: int | None = None,
         beta: float = 0.25,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -226,7 +229,7 @@ class RQVAETokenizer(TokenizerModule):
         self.model: RQVAE | None = None
         self.fit_start = 0.0
         self._dead: Tensor | None = None
-        if input_dim is not None:
+        if input_dim is not None and levels is not None and codebook_size is not None:
             self._build(input_dim)
 
     def _build(self, input_dim: int) -> None:
@@ -241,14 +244,17 @@ class RQVAETokenizer(TokenizerModule):
         # Per-code pick counts over the current epoch, for dead-code re-seeding and the usage log.
         self.register_buffer("usage", torch.zeros(hp.levels, hp.codebook_size, dtype=torch.long), persistent=False)
 
+    method = "RQ-VAE"
+
     def setup(self, stage: str) -> None:
         features, _ = datamodule_features(self.trainer)
+        sized = derive_sizes(self, features.shape[0])
         if features.shape[0] < self.hparams.codebook_size:
             raise ValueError(
                 f"RQ-VAE: cannot fit {self.hparams.codebook_size} codes per level to {features.shape[0]} items; "
                 "use a smaller codebook_size"
             )
-        if derive_input_dim(self, features):
+        if derive_input_dim(self, features) or sized:
             self._build(features.shape[1])
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

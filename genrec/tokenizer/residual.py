@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from einops import reduce
 from torch import Tensor
 
@@ -72,7 +73,9 @@ def residual_quantize(x: Tensor, codebooks: Tensor) -> Quantization:
     codes, residuals, selected = [], [], []
     for codebook in codebooks:
         index, _ = nearest_centroid(residual.detach(), codebook.detach())
-        chosen = codebook[index]
+        # F.embedding, not codebook[index]: the backward of advanced indexing accumulates rows in parallel on CPU
+        # in no fixed order, so fits at one seed differed from process to process; embedding's backward does not.
+        chosen = F.embedding(index, codebook)
         residuals.append(residual)
         codes.append(index)
         selected.append(chosen)
