@@ -233,8 +233,12 @@ def test_label_smoothing_smooths_the_catalogue_softmax_only():
         _network(softmax="catalogue", label_smoothing=1.0)
 
 
-def test_code_logits_stay_float32_under_bf16_autocast():
-    net = _network(softmax="catalogue")
+@pytest.mark.parametrize("item_logits", [False, True])
+def test_code_logits_stay_float32_under_bf16_autocast(item_logits):
+    net = _network(softmax="catalogue", item_embeddings=item_logits, item_logits=item_logits)
+    if item_logits:
+        with torch.no_grad():
+            net.item_embedding.weight.normal_(generator=torch.Generator().manual_seed(0))
     history = torch.tensor([[-1, 3, 8, 2], [1, 2, 3, 4]])
     with torch.no_grad():
         exact = net.score_items(net(history)[:, -1])
