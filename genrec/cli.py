@@ -119,13 +119,14 @@ class _DropNotices(logging.Filter):
 
 
 def _drop_wandb_anonymous(trainer) -> None:
-    """Lightning's WandbLogger passes ``anonymous`` to ``wandb.init`` even when unset, and wandb >= 0.19 then warns
-    on every run that the setting has no effect; an unset one is left out (a set one is passed on, and warned of)."""
+    """Lightning's WandbLogger passes ``anonymous`` to ``wandb.init`` even when unset, and wandb (0.31 here) then
+    warns on every run that the setting has no effect; an unset one is left out (a set one is passed on, and warned
+    of)."""
     from lightning.pytorch.loggers import WandbLogger
 
-    for logger in getattr(trainer, "loggers", None) or []:
-        init = getattr(logger, "_wandb_init", None)
-        if isinstance(logger, WandbLogger) and isinstance(init, dict) and init.get("anonymous", "set") is None:
+    for logger in trainer.loggers:
+        init = getattr(logger, "_wandb_init", {})  # private to Lightning: tolerate its absence
+        if isinstance(logger, WandbLogger) and "anonymous" in init and init["anonymous"] is None:
             del init["anonymous"]
 
 
