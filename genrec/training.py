@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, EarlyStopping, Timer
 from torch import nn
 from torchmetrics import MeanMetric
 
@@ -184,6 +184,7 @@ class TimeBudget(Callback):
         self._val_in_epoch = 0.0
         self._configured: int | None = None
         self.planned_epochs: int | None = None
+        self.stopped_by: str | None = None
 
     def _now(self, pl_module: pl.LightningModule) -> float:
         if pl_module.device.type == "cuda":
@@ -253,6 +254,20 @@ class TimeBudget(Callback):
                     schedule.total = max(1, int(steps))
         self.planned_epochs = epochs
 
+    def _stopped_by(self, trainer: pl.Trainer) -> str:
+        """Why training ended: the configured epochs, this budget's plan, or another callback that stopped it."""
+        done = len(self.epochs)
+        if self._configured and done >= self._configured:
+            return "max_epochs"
+        if self.planned_epochs is not None and done >= self.planned_epochs:
+            return "budget"
+        for callback in trainer.callbacks:
+            if isinstance(callback, EarlyStopping) and callback.stopped_epoch > 0:
+                return "early_stopping"
+            if isinstance(callback, Timer) and (callback.time_remaining() or 0) <= 0:
+                return "max_time"
+        return "other"
+
     def summary(self) -> dict:
         """What was measured: epochs, seconds, samples/s (epochs after the first, when there are any)."""
         timed = self.epochs[1:] or self.epochs
@@ -261,6 +276,7 @@ class TimeBudget(Callback):
             "budget_minutes": self.minutes,
             "epochs": len(self.epochs),
             "planned_epochs": self.planned_epochs,
+            "stopped_by": self.stopped_by,
             "train_seconds": round(sum(e["train_seconds"] for e in self.epochs), 2),
             "validation_seconds": round(sum(self.validation_seconds), 2),
             "validations": len(self.validation_seconds),
@@ -269,9 +285,10 @@ class TimeBudget(Callback):
         }
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.stopped_by = self._stopped_by(trainer)
         summary = self.summary()
-        log.info("time budget: %d epochs, %.1f s training, %.1f s validation, %s samples/s", summary["epochs"],
-                 summary["train_seconds"], summary["validation_seconds"], summary["samples_per_s"])
+        log.info("time budget: stopped by %s after %d epochs, %.1f s training, %.1f s validation, %s samples/s",
+                 summary["stopped_by"], summary["epochs"], summary["train_seconds"], summary["validation_seconds"], summary["samples_per_s"])
         if self.report and trainer.is_global_zero:
             path = Path(self.report)
             path.parent.mkdir(parents=True, exist_ok=True)

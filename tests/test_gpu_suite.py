@@ -75,7 +75,10 @@ def test_the_smoke_suite_runs_every_stage_and_records_what_it_measured(tmp_path)
         run = train["runs"][name]
         assert run["returncode"] == 0 and run["checkpoint"] and run["record"]["metrics"]["recall@10"] > 0.3
         budget = run["time_budget"]
-        assert budget["epochs"] == budget["planned_epochs"] >= 2 and budget["samples_per_s"] > 0
+        # The plan holds unless early stopping (or the hard stop behind the plan, on a slow machine) ends it first.
+        assert 2 <= budget["epochs"] <= budget["planned_epochs"] and budget["samples_per_s"] > 0
+        assert budget["stopped_by"] in ("budget", "max_epochs", "early_stopping", "max_time")
+        assert (budget["epochs"] == budget["planned_epochs"]) == (budget["stopped_by"] in ("budget", "max_epochs"))
         assert run["flops_per_sample"] > 0 and 0 < run["mfu"] < 1
     assert train["runs"]["tiger"]["time_budget"]["train_seconds"] <= 60 * suite.SMOKE_TRAIN_MINUTES + 5
     assert set(train["peak_flops"]) == {"bf16", "fp32"}

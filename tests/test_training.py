@@ -99,6 +99,24 @@ def test_time_budget_measures_a_real_run_and_leaves_a_roomy_one_alone(tmp_path):
                            "--trainer.callbacks.minutes=60", f"--trainer.callbacks.report={report}")])
     summary = json.loads(report.read_text())
     # Every epoch sees each of the 108 users x 5 training windows once.
-    assert summary["epochs"] == 3 == summary["planned_epochs"]
+    assert summary["epochs"] == 3 == summary["planned_epochs"] and summary["stopped_by"] == "max_epochs"
     assert [e["samples"] for e in summary["per_epoch"]] == [540] * 3
     assert summary["samples_per_s"] > 0 and summary["validations"] == 0
+
+
+def test_time_budget_says_what_ended_a_run_before_its_plan():
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import EarlyStopping, Timer
+
+    budget = TimeBudget(minutes=10)
+    budget._configured, budget.planned_epochs = 20, 14
+    budget.epochs = [{"epoch": e, "train_seconds": 1.0, "samples": 8} for e in range(12)]
+    early, timer = EarlyStopping(monitor="val/ndcg@10"), Timer(duration=timedelta(0))  # a Timer whose time is up
+    assert budget._stopped_by(SimpleNamespace(callbacks=[early])) == "other"
+    early.stopped_epoch = 11
+    assert budget._stopped_by(SimpleNamespace(callbacks=[early])) == "early_stopping"
+    assert budget._stopped_by(SimpleNamespace(callbacks=[timer])) == "max_time"
+    budget.epochs += budget.epochs[:2]
+    assert budget._stopped_by(SimpleNamespace(callbacks=[early])) == "budget"
