@@ -256,7 +256,7 @@ class TimeBudget(Callback):
 
     def _stopped_by(self, trainer: pl.Trainer) -> str:
         """Why training ended: the configured epochs, this budget's plan, or another callback that stopped it."""
-        done = len(self.epochs)
+        done = trainer.current_epoch  # epochs done, resumed ones included, counted as max_epochs counts them
         if self._configured and done >= self._configured:
             return "max_epochs"
         if self.planned_epochs is not None and done >= self.planned_epochs:
@@ -288,7 +288,8 @@ class TimeBudget(Callback):
         self.stopped_by = self._stopped_by(trainer)
         summary = self.summary()
         log.info("time budget: stopped by %s after %d epochs, %.1f s training, %.1f s validation, %s samples/s",
-                 summary["stopped_by"], summary["epochs"], summary["train_seconds"], summary["validation_seconds"], summary["samples_per_s"])
+                 summary["stopped_by"], summary["epochs"], summary["train_seconds"], summary["validation_seconds"],
+                 summary["samples_per_s"])
         if self.report and trainer.is_global_zero:
             path = Path(self.report)
             path.parent.mkdir(parents=True, exist_ok=True)

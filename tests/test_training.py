@@ -112,11 +112,14 @@ def test_time_budget_says_what_ended_a_run_before_its_plan():
 
     budget = TimeBudget(minutes=10)
     budget._configured, budget.planned_epochs = 20, 14
-    budget.epochs = [{"epoch": e, "train_seconds": 1.0, "samples": 8} for e in range(12)]
     early, timer = EarlyStopping(monitor="val/ndcg@10"), Timer(duration=timedelta(0))  # a Timer whose time is up
-    assert budget._stopped_by(SimpleNamespace(callbacks=[early])) == "other"
+
+    def after(epochs, *callbacks):  # what _stopped_by reads of a trainer at the end of fit
+        return SimpleNamespace(current_epoch=epochs, callbacks=list(callbacks))
+
+    assert budget._stopped_by(after(12, early)) == "other"
     early.stopped_epoch = 11
-    assert budget._stopped_by(SimpleNamespace(callbacks=[early])) == "early_stopping"
-    assert budget._stopped_by(SimpleNamespace(callbacks=[timer])) == "max_time"
-    budget.epochs += budget.epochs[:2]
-    assert budget._stopped_by(SimpleNamespace(callbacks=[early])) == "budget"
+    assert budget._stopped_by(after(12, early)) == "early_stopping"
+    assert budget._stopped_by(after(12, timer)) == "max_time"
+    assert budget._stopped_by(after(14, early)) == "budget"
+    assert budget._stopped_by(after(20, early)) == "max_epochs"
