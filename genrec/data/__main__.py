@@ -1,6 +1,7 @@
 """``python -m genrec.data stats|inspect <dataset>``: dataset statistics as JSON, or what genrec reads from a
-dataset before training (format, item fields, the text items are embedded with, counts). Item features:
-``python -m genrec.features``."""
+dataset before training (format, item fields, the text items are embedded with, counts).
+``python -m genrec.data synth OUT --users U --items I --interactions N``: a synthetic dataset of any size
+(:mod:`genrec.data.synth`). Item features: ``python -m genrec.features``."""
 
 from __future__ import annotations
 
@@ -59,8 +60,29 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--max-len", type=int, default=20, help="history length of the leave-one-out split")
     inspect.add_argument("--template", default=None, help="an item text template to try (default: genrec's choice)")
     inspect.add_argument("--items", type=int, default=5, help="items whose text is shown")
+    synth = sub.add_parser("synth", help="write a synthetic dataset of any size (genrec.data.synth)")
+    synth.add_argument("output", help="folder to write sequences.txt, items.jsonl, features.npy and synth.json to")
+    synth.add_argument("--users", type=int, required=True, help="number of users")
+    synth.add_argument("--items", type=int, required=True, help="catalogue size (items never drawn are left out)")
+    synth.add_argument("--interactions", type=int, required=True, help="total interactions")
+    synth.add_argument("--clusters", type=int, default=None, help="latent clusters (default: one per 50 items)")
+    synth.add_argument("--alpha", type=float, default=0.8, help="popularity exponent: rank ** -alpha")
+    synth.add_argument("--stay", type=float, default=0.5, help="probability of staying in a cluster per step")
+    synth.add_argument("--dim", type=int, default=384, help="width of the item feature vectors")
+    synth.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "synth":
+        from genrec.data.synth import SynthSpec, write_synthetic
+
+        try:
+            spec = SynthSpec(users=args.users, items=args.items, interactions=args.interactions,
+                             clusters=args.clusters, alpha=args.alpha, stay=args.stay, dim=args.dim, seed=args.seed)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(json.dumps(write_synthetic(spec, args.output)))
+        return 0
 
     from genrec.data import DataFormatError, leave_one_out, load_dataset
 
