@@ -140,7 +140,7 @@ def build_setup(*, device: torch.device, users: int, n_items: int, tokenizer: st
     g = torch.Generator().manual_seed(seed + 1)
     history = vocab.encode(codes[torch.randint(0, len(codes), (users, 20), generator=g)])
     ids = history.flatten(1).to(device)  # (users, 80)
-    return Setup(codes, vocab, model, PrefixIndex(codes, vocab.level_sizes).to(device), build_trie(tokens),
+    return Setup(codes, vocab, model, PrefixIndex(codes, vocab.level_sizes, device=device), build_trie(tokens),
                  {tuple(p): i for i, p in enumerate(tokens.tolist())}, ids, torch.ones_like(ids), catalogue)
 
 

@@ -13,7 +13,7 @@ import torch
 from transformers import T5Config, T5ForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
-from genrec.decoding import CudaGraph, PrefixIndex
+from genrec.decoding import CudaGraph, PrefixIndex, prefix_index
 from genrec.seq2seq.t5_step import CachedT5Decoder, score_items, t5_beam_search, t5_search_function
 from genrec.seq2seq.vocab import PAD_ID, CodeVocab
 
@@ -110,6 +110,47 @@ def test_dense_limit_picks_csr_for_large_levels():
     index = PrefixIndex(codes, sizes, dense_limit=40)
     # level 0: 1 node x 7 codes <= 40 stays dense; last level: ~45 nodes x 3 codes > 40 goes CSR.
     assert index.layouts[0] == "dense" and index.layouts[-1] == "csr"
+
+
+@pytest.mark.parametrize("faster", ["dense", "csr"])
+def test_levels_between_the_bounds_keep_the_layout_measured_faster(monkeypatch, faster):
+    timed = []
+
+    def fake_timer(layout, lookup, device):
+        timed.append(layout)
+        assert lookup().shape[0] == 4096  # each timed lookup is a real batch of children of that level
+        return 1.0 if layout == faster else 2.0
+
+    monkeypatch.setattr(prefix_index, "time_lookup", fake_timer)
+    codes, sizes = make_catalogue(50, seed=1)
+    # measure_above=40: levels 0 and 1 (7 and 35 dense entries) stay dense untimed; levels 2 and 3 (174, 144) are timed.
+    index = PrefixIndex(codes, sizes, measure_above=40)
+    assert index.layouts == ["dense", "dense", faster, faster] and index.lookup_seconds[:2] == [None, None]
+    slower = ({"dense", "csr"} - {faster}).pop()
+    assert index.lookup_seconds[2:] == [{faster: 1.0, slower: 2.0}] * 2
+    assert timed == ["dense", "csr"] * 2
+    items, paths = index.paths()
+    assert sorted(items.tolist()) == list(range(50)) and torch.equal(paths, codes[items])
+
+
+def test_memory_bound_wins_over_speed_and_is_never_timed(monkeypatch):
+    monkeypatch.setattr(prefix_index, "time_lookup", lambda *a: pytest.fail("a level over dense_limit was timed"))
+    codes, sizes = make_catalogue(50, seed=1)
+    index = PrefixIndex(codes, sizes, dense_limit=40, measure_above=40)
+    assert index.layouts[-1] == "csr" and index.lookup_seconds[-1] is None
+    assert index.memory_bytes < PrefixIndex(codes, sizes, layout="dense").memory_bytes
+
+
+def test_real_timings_choose_a_layout_for_a_large_level():
+    # 20,000 items over 64 x 64 x 64 codes: the last level's dense table (about 4,000 nodes x 64) is measured.
+    g = torch.Generator().manual_seed(0)
+    codes = torch.unique(torch.randint(64, (30_000, 3), generator=g), dim=0)[:20_000]
+    codes = codes[torch.randperm(len(codes), generator=g)]
+    index = PrefixIndex(codes, (64, 64, 64), measure_above=1 << 12)
+    seconds = index.lookup_seconds[-1]
+    assert set(seconds) == {"dense", "csr"} and all(s > 0 for s in seconds.values())
+    assert index.layouts[-1] == min(seconds, key=seconds.get)
+    assert torch.equal(index.children(2, torch.arange(10)), PrefixIndex(codes, (64, 64, 64), layout="csr").children(2, torch.arange(10)))
 
 
 def test_index_rejects_duplicates_and_out_of_range_codes():

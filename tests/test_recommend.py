@@ -59,7 +59,7 @@ def test_users_mode_equals_model_recommend_on_the_test_histories(trained, tmp_pa
     # The oracle: the datamodule's own leave-one-out test inputs through GenerativeRecommender.recommend.
     dm = SemanticIdData(dataset=str(trained.dataset), tokenizer=str(trained.tokenizer), max_len=5)
     dm.setup()
-    test = dm.parts["test"].tensors
+    test = dm.parts["test"].materialize()
     model = GenerativeRecommender.load_from_checkpoint(trained.checkpoint, map_location="cpu").eval()
     expected = model.recommend(test["input_ids"], test["attention_mask"], top_k=10)
     ids = dm.dataset.item_ids

@@ -13,9 +13,10 @@ import torch
 from lightning.pytorch import Callback
 
 from genrec.cli import main
-from genrec.data.loading import BatchShards
+from genrec.data import leave_one_out
+from genrec.data.loading import BatchShards, TokenBatches
 from genrec.metrics import list_errors, ranking_metrics
-from genrec.seq2seq.data import SemanticIdData
+from genrec.seq2seq.data import SemanticIdData, encode_histories
 from genrec.seq2seq.module import GenerativeRecommender, T5Architecture
 from tests.conftest import N_ITEMS, ROOT, cli_args, synthetic, write_sequences_dataset
 
@@ -37,7 +38,7 @@ def test_datamodule_tokens(tmp_path):
     dm = SemanticIdData(dataset=str(dataset), tokenizer=str(tokenizer), max_len=3, user_buckets=5)
     dm.setup()
     assert dm.level_sizes == (3, 3, 3, 1) and dm.vocab.size == 2 + 10 + 5
-    test = dm.parts["test"].tensors
+    test = dm.parts["test"].materialize()
     # user 0 walks items 0..5: test target 5, history 2, 3, 4 -> codes (0,0,2,0) (0,1,0,0) (0,1,1,0)
     assert test["target"][0].item() == 5
     offsets = torch.tensor(dm.vocab.offsets)
@@ -51,11 +52,36 @@ def test_datamodule_tokens(tmp_path):
     assert batch["input_ids"].shape == (2, 1 + 3 * 4) and (batch["attention_mask"] == (batch["input_ids"] != 0)).all()
 
 
+@pytest.mark.parametrize("buckets", [0, 5])
+def test_parts_store_item_indices_and_their_batches_equal_tokens_encoded_up_front(tmp_path, buckets):
+    dataset, tokenizer = synthetic(tmp_path, users=N_ITEMS, length=9)
+    dm = SemanticIdData(dataset=str(dataset), tokenizer=str(tokenizer), max_len=6, user_buckets=buckets)
+    dm.setup()
+    train = dm.parts["train"]
+    assert set(train.tensors) == {"history", "users", "target"} and train.tensors["history"].dtype == torch.int32
+    samples = leave_one_out(dm.dataset, max_len=6).train
+    eager = encode_histories(torch.from_numpy(samples.history), table=dm.token_table(), vocab=dm.vocab,
+                             users=torch.from_numpy(samples.users))
+    rows = [7, 0, 30, 31]
+    batch = train[rows]
+    width = batch["input_ids"].shape[1]
+    assert torch.equal(batch["input_ids"], eager["input_ids"][rows][:, -width:])
+    assert not eager["attention_mask"][rows][:, :-width].any()  # only all-padding columns were dropped
+    assert torch.equal(batch["labels"], dm.token_table()[torch.from_numpy(samples.target[rows]), : dm.vocab.levels])
+    assert batch["history"].dtype == torch.long and torch.equal(batch["history"], torch.from_numpy(samples.history[rows]))
+    # The first real columns are counted in chunks: any chunk size gives the same.
+    again = TokenBatches(train.tensors, trim=train.trim, derive=train.derive, chunk_rows=7)
+    assert torch.equal(again.first_real, train.first_real)
+    stored = sum(t.numel() * t.element_size() for t in train.tensors.values())
+    encoded = sum(t.numel() * t.element_size() for t in eager.values())
+    assert stored * 8 < encoded  # what the lazy tokens save (16x on 4-token IDs)
+
+
 def test_batches_drop_all_padding_columns_exactly(tmp_path):
     dataset, tokenizer = synthetic(tmp_path, users=N_ITEMS, length=6)
     dm = SemanticIdData(dataset=str(dataset), tokenizer=str(tokenizer), max_len=10)
     dm.setup()
-    full = {k: v[:4] for k, v in dm.parts["train"].tensors.items()}
+    full = {k: v[:4] for k, v in dm.parts["train"].materialize().items()}
     trimmed = dm.parts["train"][[0, 1, 2, 3]]
     longest = int(full["attention_mask"].sum(1).max())
     assert trimmed["input_ids"].shape == (4, longest) and full["input_ids"].shape == (4, 40)

@@ -188,7 +188,7 @@ def test_multimodal_inputs_and_modality_masking(tmp_path):
                         input_modalities=[Modality(tokenizer=str(text))])
     dm.setup()
     assert dm.vocab.tokens_per_item == 4 + 2 and dm.input_level_sizes == ((5, 6),)
-    test = dm.parts["test"].tensors
+    test = dm.parts["test"].materialize()
     # user 0 walks 0..5: history 2, 3, 4; each item = its 4 ID tokens, then its 2 text tokens
     row = test["input_ids"][0].view(3, 6)
     assert row[0, 4:].tolist() == [dm.vocab.input_offsets[0][0] + 2, dm.vocab.input_offsets[0][1] + 0]

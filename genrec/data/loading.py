@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Protocol
 
 import lightning.pytorch as pl
 import numpy as np
@@ -16,6 +17,16 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from genrec.data.dataset import SequenceDataset
 from genrec.data.split import PAD_ITEM, leave_one_out, training_part
+
+
+class Derived(Protocol):
+    """Tensors computed from a batch's stored ones when the batch is gathered (e.g. tokens from item indices)."""
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The derived tensors of ``batch`` (rows as gathered); they are added to it, replacing same-named ones."""
+
+    def to(self, device: torch.device) -> Derived:
+        """The same derivation with its tables on ``device``."""
 
 
 class TokenBatches(Dataset):
@@ -29,20 +40,33 @@ class TokenBatches(Dataset):
             host from each row's first real column, counted once here, so a batch never reads the device (no
             synchronisation when the tensors live on a GPU).
         mask: the (n, t) tensor that marks real tokens, for ``trim``.
+        derive: computes more tensors of every batch from its stored ones, so a part stores only what they are
+            computed from: a history of 20 items is 20 int32 values instead of 2 x 80 int64 tokens and mask, 16x
+            less memory (what lets 10^7 interactions train on one machine). ``trim`` and ``mask`` may name derived
+            tensors; the first real columns are then counted once here, in chunks.
+        chunk_rows: rows per chunk when counting the first real columns of derived tensors.
     """
 
     def __init__(
-        self, tensors: dict[str, torch.Tensor], *, trim: tuple[str, ...] = (), mask: str = "attention_mask"
+        self,
+        tensors: dict[str, torch.Tensor],
+        *,
+        trim: tuple[str, ...] = (),
+        mask: str = "attention_mask",
+        derive: Derived | None = None,
+        chunk_rows: int = 1 << 16,
     ) -> None:
         self.tensors = tensors
         self.n = len(next(iter(tensors.values())))
-        self.trim, self.mask = trim, mask
+        self.trim, self.mask, self.derive = trim, mask, derive
         self.first_real: torch.Tensor | None = None  # (n,) int64 on the CPU: a row's first real column
         if trim:
-            real = tensors[mask].bool().cpu()
-            width = real.shape[1]
-            # argmax finds the first True; a row with none counts as starting past the end.
-            self.first_real = torch.where(real.any(1), real.int().argmax(1), width)
+            starts = []
+            for begin in range(0, max(self.n, 1), chunk_rows):
+                real = self._gather(torch.arange(begin, min(begin + chunk_rows, self.n)))[mask].bool().cpu()
+                # argmax finds the first True; a row with none counts as starting past the end.
+                starts.append(torch.where(real.any(1), real.int().argmax(1), real.shape[1]))
+            self.first_real = torch.cat(starts)
 
     def __len__(self) -> int:
         return self.n
@@ -58,7 +82,19 @@ class TokenBatches(Dataset):
             return self
         moved = copy.copy(self)  # the row starts stay on the host
         moved.tensors = {k: v.to(device) for k, v in self.tensors.items()}
+        moved.derive = None if self.derive is None else self.derive.to(device)
         return moved
+
+    def _gather(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Rows ``index`` (on this part's device) of every stored and derived tensor, untrimmed."""
+        batch = {k: v[index] for k, v in self.tensors.items()}
+        if self.derive is not None:
+            batch.update(self.derive(batch))
+        return batch
+
+    def materialize(self) -> dict[str, torch.Tensor]:
+        """Every row of every stored and derived tensor, untrimmed (small parts, tests and notebooks)."""
+        return self._gather(torch.arange(self.n, device=self.device))
 
     def __getitem__(self, rows: list[int]) -> dict[str, torch.Tensor]:
         index = torch.as_tensor(rows, dtype=torch.long)
@@ -67,10 +103,10 @@ class TokenBatches(Dataset):
             batch_index = index.pin_memory().to(device, non_blocking=True)
         else:
             batch_index = index.to(device)
-        batch = {k: v[batch_index] for k, v in self.tensors.items()}
+        batch = self._gather(batch_index)
         if self.trim:
             start = int(self.first_real[index].min()) if len(index) else 0
-            if start >= self.tensors[self.mask].shape[1]:  # no real token in the batch at all: keep every column
+            if start >= batch[self.mask].shape[1]:  # no real token in the batch at all: keep every column
                 start = 0
             batch.update({k: batch[k][:, start:] for k in self.trim})
         return batch

@@ -10,15 +10,22 @@ Two layouts give the same answer:
 
 * ``dense``: per level a table ``(n_nodes, level_size)`` of child ids, one gather per decode step.
   TIGER-size catalogues (12k items, 3 x 256 codes + collision level) need about 4M entries in all.
-* ``csr``: per level compressed sparse rows (``row_ptr``, sorted ``col`` codes, ``child`` ids), for levels where
-  ``n_nodes * level_size`` exceeds ``dense_limit`` (large catalogues or codebooks). A lookup gathers each node's
-  children (at most the level's largest fan-out) and scatters them into a ``(..., level_size)`` row of -1.
+* ``csr``: per level compressed sparse rows (``row_ptr``, sorted ``col`` codes, ``child`` ids). A lookup gathers
+  each node's children (at most the level's largest fan-out) and scatters them into a ``(..., level_size)`` row of
+  -1. Its memory is linear in the items whatever the codebook; the dense table is ``n_nodes * level_size``.
+
+The layout of each level is chosen by measurement: a level whose dense table would exceed ``dense_limit`` entries is
+CSR (memory decides); a level small enough that any layout is instant is dense; every level in between is built
+both ways and the one whose lookup of a beam-sized batch of nodes is faster on the decoding device is kept
+(:attr:`PrefixIndex.lookup_seconds` keeps the timings). Both layouts return identical tensors, so the choice changes
+speed and memory only, never a result.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 
@@ -64,8 +71,12 @@ class PrefixIndex:
         codes: (n_items, l) int64, ``codes[i, j]`` in ``[0, level_sizes[j])``; row ``i`` is item ``i``'s semantic ID.
             Rows must be unique (append a collision level first, TIGER §3.1).
         level_sizes: number of codes on each level (``CodeVocab.level_sizes``).
-        dense_limit: a level whose ``n_nodes * level_size`` exceeds this is stored as CSR instead of a dense table.
-        layout: force one layout for every level instead of choosing by ``dense_limit`` (used by tests).
+        dense_limit: a level whose ``n_nodes * level_size`` exceeds this is stored as CSR (a memory bound: 2^25
+            int64 entries are 256 MiB).
+        layout: force one layout for every level instead of choosing (module docstring).
+        measure_above: levels with at most this many dense entries are dense without measuring.
+        device: where decoding will run: the layouts are timed there, and the index is moved there.
+        probe: nodes per timed lookup (a batch of users times beams).
 
     Raises:
         ValueError: codes of the wrong shape, out of range, or two items sharing a semantic ID.
@@ -78,6 +89,9 @@ class PrefixIndex:
         *,
         dense_limit: int = 1 << 25,
         layout: Layout | None = None,
+        measure_above: int = 1 << 18,
+        device: torch.device | str | None = None,
+        probe: int = 4096,
     ) -> None:
         level_sizes = tuple(int(s) for s in level_sizes)
         if layout not in (None, "dense", "csr"):
@@ -90,6 +104,9 @@ class PrefixIndex:
         self.tables: list[torch.Tensor | None] = []
         self.csr: list[_Csr | None] = []
         self.n_nodes: list[int] = []
+        self.lookup_seconds: list[dict[str, float] | None] = []
+        """Per level, the measured seconds of one probe lookup in each layout; None where nothing was measured."""
+        device = torch.device(device) if device is not None else codes.device
 
         # Node ids of depth l+1 are the ranks of (parent id, code) pairs: parent ids stay below n_items, so the
         # key parent * size + code never overflows, whatever the number of levels.
@@ -108,26 +125,42 @@ class PrefixIndex:
                 child = torch.arange(edge_key.numel())
                 parent = child_of_item
             self.n_nodes.append(n_parents)
-            use_csr = layout == "csr" or (layout is None and n_parents * size > dense_limit)
-            if use_csr:
-                order = torch.argsort(edge_key)
-                edge_key, child = edge_key[order], child[order]
-                rows = edge_key // size
-                row_ptr = torch.zeros(n_parents + 1, dtype=torch.long)
-                row_ptr[1:] = torch.cumsum(torch.bincount(rows, minlength=n_parents), 0)
-                fanout = int((row_ptr[1:] - row_ptr[:-1]).max())
-                self.csr.append(_Csr(row_ptr=row_ptr, col=edge_key % size, child=child, max_fanout=fanout))
+            entries = n_parents * size
+            seconds, built = None, {}
+            if layout is not None:
+                chosen = layout
+            elif entries > dense_limit:
+                chosen = "csr"
+            elif entries <= measure_above:
+                chosen = "dense"
+            else:
+                built = {"dense": _dense(edge_key, child, n_parents, size), "csr": _csr(edge_key, child, n_parents, size)}
+                nodes = torch.randint(n_parents, (probe,), generator=torch.Generator().manual_seed(level))
+                seconds = {name: time_lookup(name, _lookup(table, size, nodes, device), device)
+                           for name, table in built.items()}
+                chosen = min(seconds, key=seconds.get)
+            self.lookup_seconds.append(seconds)
+            if chosen == "csr":
+                self.csr.append(built.get("csr") or _csr(edge_key, child, n_parents, size))
                 self.tables.append(None)
             else:
-                table = torch.full((n_parents * size,), -1, dtype=torch.long)
-                table[edge_key] = child
-                self.tables.append(table.view(n_parents, size))
+                self.tables.append(built["dense"] if "dense" in built else _dense(edge_key, child, n_parents, size))
                 self.csr.append(None)
+            del built
             n_parents = edge_key.numel() if not last else n_parents
+
+        self.to(device)
 
     @property
     def levels(self) -> int:
         return len(self.level_sizes)
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes held by the tables (both layouts) and the codes."""
+        tensors = [self.codes] + [t for t in self.tables if t is not None]
+        tensors += [x for c in self.csr if c is not None for x in (c.row_ptr, c.col, c.child)]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     @property
     def layouts(self) -> list[Layout]:
@@ -162,20 +195,7 @@ class PrefixIndex:
         table = self.tables[level]
         if table is not None:
             return table[nodes]
-        csr = self.csr[level]
-        size = self.level_sizes[level]
-        flat = nodes.reshape(-1)
-        start = csr.row_ptr[flat]
-        degree = csr.row_ptr[flat + 1] - start
-        slot = torch.arange(csr.max_fanout, device=flat.device)
-        present = slot < degree[:, None]  # (n, f)
-        edge = torch.where(present, start[:, None] + slot, 0)
-        # Absent slots write to a spare column ``size`` that is cut off afterwards: no data-dependent shapes.
-        col = torch.where(present, csr.col[edge], size)
-        child = torch.where(present, csr.child[edge], -1)
-        out = torch.full((flat.numel(), size + 1), -1, dtype=torch.long, device=flat.device)
-        out.scatter_(1, col, child)
-        return out[:, :size].reshape(*nodes.shape, size)
+        return _csr_children(self.csr[level], self.level_sizes[level], nodes)
 
     def paths(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every complete path stored in the tables, found by walking them from the root.
@@ -193,6 +213,63 @@ class PrefixIndex:
             prefix = torch.cat([prefix[parent_row], code[:, None]], dim=1)
             nodes = child[parent_row, code]
         return nodes, prefix
+
+
+def _dense(edge_key: torch.Tensor, child: torch.Tensor, n_parents: int, size: int) -> torch.Tensor:
+    """(n_parents, size) child ids, -1 where a code has no child."""
+    table = torch.full((n_parents * size,), -1, dtype=torch.long)
+    table[edge_key] = child
+    return table.view(n_parents, size)
+
+
+def _csr(edge_key: torch.Tensor, child: torch.Tensor, n_parents: int, size: int) -> _Csr:
+    """The same children as :func:`_dense`, in compressed sparse rows."""
+    order = torch.argsort(edge_key)
+    edge_key, child = edge_key[order], child[order]
+    row_ptr = torch.zeros(n_parents + 1, dtype=torch.long)
+    row_ptr[1:] = torch.cumsum(torch.bincount(edge_key // size, minlength=n_parents), 0)
+    fanout = int((row_ptr[1:] - row_ptr[:-1]).max())
+    return _Csr(row_ptr=row_ptr, col=edge_key % size, child=child, max_fanout=fanout)
+
+
+def _csr_children(csr: _Csr, size: int, nodes: torch.Tensor) -> torch.Tensor:
+    """:meth:`PrefixIndex.children` of one CSR level."""
+    flat = nodes.reshape(-1)
+    start = csr.row_ptr[flat]
+    degree = csr.row_ptr[flat + 1] - start
+    slot = torch.arange(csr.max_fanout, device=flat.device)
+    present = slot < degree[:, None]  # (n, f)
+    edge = torch.where(present, start[:, None] + slot, 0)
+    # Absent slots write to a spare column ``size`` that is cut off afterwards: no data-dependent shapes.
+    col = torch.where(present, csr.col[edge], size)
+    child = torch.where(present, csr.child[edge], -1)
+    out = torch.full((flat.numel(), size + 1), -1, dtype=torch.long, device=flat.device)
+    out.scatter_(1, col, child)
+    return out[:, :size].reshape(*nodes.shape, size)
+
+
+def _lookup(table: torch.Tensor | _Csr, size: int, nodes: torch.Tensor, device: torch.device) -> Callable[[], object]:
+    """A lookup of ``nodes`` in one level's ``table`` (either layout), on ``device``, for :func:`time_lookup`."""
+    nodes = nodes.to(device)
+    if isinstance(table, torch.Tensor):
+        dense = table.to(device)
+        return lambda: dense[nodes]
+    moved = _Csr(table.row_ptr.to(device), table.col.to(device), table.child.to(device), table.max_fanout)
+    return lambda: _csr_children(moved, size, nodes)
+
+
+def time_lookup(layout: str, lookup: Callable[[], object], device: torch.device, repeats: int = 5) -> float:
+    """Best-of-``repeats`` seconds of ``lookup()`` on ``device`` after one warm-up call (``layout`` names it)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    lookup()
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        lookup()
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def _duplicate_message(key: torch.Tensor, dup_keys: torch.Tensor, codes: torch.Tensor) -> str:

@@ -160,7 +160,7 @@ class GenerativeRecommender(pl.LightningModule):
             item_codes=catalogue.item_codes.long().cpu(),
             input_codes=tuple(c.long().cpu() for c in catalogue.input_codes),
         )
-        self.index = PrefixIndex(self.catalogue.item_codes, self.vocab.level_sizes).to(self.device)
+        self.index = PrefixIndex(self.catalogue.item_codes, self.vocab.level_sizes, device=self.device)
         self.encoder.set_catalogue(self.catalogue, self.token_table())
         self.hparams["encoder"] = self.encoder.spec()  # encoders may size themselves from the catalogue
 
