@@ -12,8 +12,10 @@ The generative story, chosen so that a sequence model has something to learn and
   stay in their cluster with probability ``stay`` and move to the next cluster on the ring otherwise, then draw an
   item of that cluster by weight. The last item therefore tells the next one's cluster up to two choices, while a
   popularity ranking spreads over the whole catalogue.
-- **Item features.** ``features.npy`` row ``i`` is its cluster's centre plus Gaussian noise, L2-normalised: what a
-  content encoder would give, so a tokenizer fitted on it recovers the clusters in its first codes.
+- **Item features.** ``features.npy`` row ``i`` is its cluster's centre plus Gaussian noise whose spectrum decays
+  as ``j ** -0.5`` along the directions ``j`` of a random basis, L2-normalised: like a content encoder's embedding,
+  structure at every scale, so the first codes of a tokenizer recover the clusters and the later ones still find
+  variance to split (isotropic noise would leave later levels nothing but collisions).
 - **Lengths.** Every user has at least ``min_length`` items; the remaining interactions are spread over users by a
   multinomial over exponential weights (a geometric-like tail of long users), so the total is exactly ``N``.
 
@@ -50,8 +52,8 @@ class SynthSpec:
         alpha: popularity exponent (weight of the item of rank r is r ** -alpha).
         stay: probability of staying in the current cluster at each step.
         dim: width of the item feature vectors (384: MiniLM's).
-        noise: standard deviation of the feature noise around the cluster centre, per dimension, relative to a
-            centre of unit norm (0.5 / sqrt(dim) by default: clusters well apart, items within one distinct).
+        noise: expected norm of the feature noise around a cluster centre of unit norm (0.8: clusters apart, and
+            items within one distinct).
         min_length: fewest items per user (5, as in the 5-core Amazon datasets: every user then trains).
         seed: seed of the one random generator.
     """
@@ -63,7 +65,7 @@ class SynthSpec:
     alpha: float = 0.8
     stay: float = 0.5
     dim: int = 384
-    noise: float | None = None
+    noise: float = 0.8
     min_length: int = 5
     seed: int = 0
 
@@ -79,8 +81,9 @@ class SynthSpec:
             )
         if self.n_clusters < 1 or self.n_clusters > self.items:
             raise ValueError(f"clusters must be in [1, items={self.items}], got {self.clusters}")
-        if not 0.0 <= self.stay <= 1.0 or self.alpha < 0 or self.dim < 1:
-            raise ValueError(f"need 0 <= stay <= 1, alpha >= 0 and dim >= 1, got {self.stay}, {self.alpha}, {self.dim}")
+        if not 0.0 <= self.stay <= 1.0 or self.alpha < 0 or self.dim < 1 or self.noise < 0:
+            raise ValueError(f"need 0 <= stay <= 1, alpha >= 0, dim >= 1 and noise >= 0, got {self.stay}, "
+                             f"{self.alpha}, {self.dim}, {self.noise}")
 
     @property
     def n_clusters(self) -> int:
@@ -160,11 +163,14 @@ def generate(spec: SynthSpec) -> SynthData:
     kept = np.flatnonzero(used)
     centres = rng.standard_normal((c, spec.dim)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    noise = spec.noise if spec.noise is not None else 0.5 / spec.dim**0.5
+    scale = np.arange(1, spec.dim + 1, dtype=np.float32) ** -0.5
+    scale *= spec.noise / np.linalg.norm(scale)
+    basis = np.linalg.qr(rng.standard_normal((spec.dim, spec.dim)))[0].astype(np.float32)
     features = np.empty((len(kept), spec.dim), dtype=np.float32)
     for start in range(0, len(kept), 1 << 16):  # in blocks: a 10^6 x 384 draw in float64 would take 3 GB
         rows = kept[start : start + (1 << 16)]
-        block = centres[cluster[rows]] + noise * rng.standard_normal((len(rows), spec.dim), dtype=np.float32)
+        noise = (rng.standard_normal((len(rows), spec.dim), dtype=np.float32) * scale) @ basis
+        block = centres[cluster[rows]] + noise
         features[start : start + len(rows)] = block / np.linalg.norm(block, axis=1, keepdims=True)
     sequences = np.split(flat, np.cumsum(lengths)[:-1])
     return SynthData(sequences=sequences, cluster=cluster[kept], features=features,
