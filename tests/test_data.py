@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from genrec.data import DataFormatError, leave_one_out, load_dataset
+from genrec.data import DataFormatError, SequenceDataset, leave_one_out, load_dataset
 from genrec.data.__main__ import main as data_main
 from tests.conftest import write_sequences_dataset
 
@@ -51,6 +51,38 @@ def test_leave_one_out_by_hand(tiny_dataset):
     assert split.train.history.tolist() == [[-1, -1, 0], [-1, -1, 3], [-1, 3, 0], [3, 0, 4]]
     assert split.skipped == {"valid": 1, "test": 0, "train": 1}
     assert split.test.lengths.tolist() == [3, 1, 3]
+
+
+def _reference_split(sequences: list[np.ndarray], max_len: int) -> dict[str, tuple[list, list, list]]:
+    """leave_one_out written the plain way, one user and one window at a time."""
+    def last(items):
+        items = list(items)[-max_len:]
+        return [-1] * (max_len - len(items)) + items
+
+    out = {"train": ([], [], []), "valid": ([], [], []), "test": ([], [], [])}
+    for u, seq in enumerate(sequences):
+        seq = seq.tolist()
+        if len(seq) >= 2:
+            out["test"][0].append(u), out["test"][1].append(last(seq[:-1])), out["test"][2].append(seq[-1])
+        if len(seq) >= 3:
+            out["valid"][0].append(u), out["valid"][1].append(last(seq[:-2])), out["valid"][2].append(seq[-2])
+        train = seq[:-2]
+        for t in range(1, len(train)):
+            out["train"][0].append(u), out["train"][1].append(last(train[:t])), out["train"][2].append(train[t])
+    return out
+
+
+@pytest.mark.parametrize("max_len", [1, 3, 20])
+def test_vectorised_split_equals_the_plain_definition(max_len):
+    rng = np.random.default_rng(max_len)
+    sequences = [rng.integers(0, 50, size=int(m)) for m in rng.integers(1, 30, size=200)]
+    ds = SequenceDataset(name="random", user_ids=list(range(200)), item_ids=list(range(50)), sequences=sequences)
+    split = leave_one_out(ds, max_len=max_len)
+    for name, (users, history, target) in _reference_split(sequences, max_len).items():
+        samples = getattr(split, name)
+        assert samples.users.tolist() == users and samples.target.tolist() == target, name
+        assert samples.history.tolist() == history, name
+        assert samples.history.dtype == np.int64 and samples.history.shape == (len(target), max_len)
 
 
 def test_history_truncated_to_most_recent(tmp_path):

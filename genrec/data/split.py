@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from genrec.data.dataset import SequenceDataset
 
@@ -86,23 +85,18 @@ def item_popularity(dataset: SequenceDataset, holdout: int = HOLDOUT) -> np.ndar
     return np.bincount(items, minlength=dataset.n_items).astype(np.int64)
 
 
-def _windows(seq: np.ndarray, max_len: int) -> np.ndarray:
-    """(m-1, max_len) histories predicting seq[1..m-1], each the up-to-max_len items before its target."""
-    padded = np.concatenate([np.full(max_len, PAD_ITEM, dtype=np.int64), seq])
-    return sliding_window_view(padded, max_len)[1 : len(seq)]
-
-
-def _last(seq: np.ndarray, max_len: int) -> np.ndarray:
-    out = np.full(max_len, PAD_ITEM, dtype=np.int64)
-    tail = seq[-max_len:]
-    out[max_len - len(tail) :] = tail
+def _histories(flat: np.ndarray, position: np.ndarray, first: np.ndarray, max_len: int,
+               chunk: int = 1 << 20) -> np.ndarray:
+    """(s, max_len) int64: for each sample, the up-to-``max_len`` items of ``flat`` before ``position`` that belong
+    to its user (from ``first`` on), left-padded with -1; built ``chunk`` samples at a time so the index arrays stay
+    small however many samples there are."""
+    out = np.empty((len(position), max_len), dtype=np.int64)
+    offsets = np.arange(-max_len, 0, dtype=np.int64)
+    for begin in range(0, len(position), chunk):
+        index = position[begin : begin + chunk, None] + offsets  # (c, max_len)
+        inside = index >= first[begin : begin + chunk, None]
+        out[begin : begin + chunk] = np.where(inside, flat[np.maximum(index, 0)], PAD_ITEM)
     return out
-
-
-def _stack(users: list[int], histories: list[np.ndarray], targets: list[int], max_len: int) -> Samples:
-    if not targets:
-        return Samples(np.zeros(0, np.int64), np.zeros((0, max_len), np.int64), np.zeros(0, np.int64))
-    return Samples(np.asarray(users, np.int64), np.stack(histories), np.asarray(targets, np.int64))
 
 
 def leave_one_out(dataset: SequenceDataset, *, max_len: int = 20) -> Split:
@@ -117,43 +111,30 @@ def leave_one_out(dataset: SequenceDataset, *, max_len: int = 20) -> Split:
     """
     if max_len < 1:
         raise ValueError(f"max_len must be >= 1, got {max_len}")
-    train_users, train_hist, train_tgt = [], [], []
-    parts: dict[str, tuple[list, list, list]] = {"valid": ([], [], []), "test": ([], [], [])}
-    skipped = {"valid": 0, "test": 0, "train": 0}
-    for u, seq in enumerate(dataset.sequences):
-        m = len(seq)
-        if m >= 2:
-            parts["test"][0].append(u)
-            parts["test"][1].append(_last(seq[:-1], max_len))
-            parts["test"][2].append(seq[-1])
-        else:
-            skipped["test"] += 1
-        if m >= 3:
-            parts["valid"][0].append(u)
-            parts["valid"][1].append(_last(training_part(seq), max_len))
-            parts["valid"][2].append(seq[-2])
-        else:
-            skipped["valid"] += 1
-        train = training_part(seq)
-        if len(train) >= 2:
-            windows = _windows(train, max_len)
-            train_hist.append(windows)
-            train_users.append(np.full(len(windows), u, dtype=np.int64))
-            train_tgt.append(train[1:])
-        else:
-            skipped["train"] += 1
-    train_samples = (
-        Samples(np.concatenate(train_users), np.concatenate(train_hist), np.concatenate(train_tgt))
-        if train_tgt
-        else _stack([], [], [], max_len)
-    )
-    for part, count in skipped.items():
+    lengths = np.fromiter((len(seq) for seq in dataset.sequences), dtype=np.int64, count=dataset.n_users)
+    flat = np.concatenate(dataset.sequences).astype(np.int64) if dataset.n_users else np.zeros(0, np.int64)
+    first = np.cumsum(lengths) - lengths  # position of each user's first item in ``flat``
+    users = np.arange(dataset.n_users, dtype=np.int64)
+
+    def part(keep: np.ndarray, held_out: int) -> Samples:
+        """One sample per user in ``keep``, whose target is the ``held_out``-th item from the end."""
+        target_at = first[keep] + lengths[keep] - held_out
+        return Samples(users[keep], _histories(flat, target_at, first[keep], max_len), flat[target_at])
+
+    # Training targets: every item of the training part but its first, in user then sequence order.
+    windows = np.maximum(lengths - HOLDOUT - 1, 0)
+    train_users = np.repeat(users, windows)
+    step = np.arange(windows.sum(), dtype=np.int64) - np.repeat(np.cumsum(windows) - windows, windows)
+    train_at = first[train_users] + 1 + step
+    train_samples = Samples(train_users, _histories(flat, train_at, first[train_users], max_len), flat[train_at])
+    skipped = {"valid": int((lengths < 3).sum()), "test": int((lengths < 2).sum()), "train": int((windows == 0).sum())}
+    for name, count in skipped.items():
         if count:
-            log.info("%s: %d users are too short for a %s sample", dataset.name, count, part)
+            log.info("%s: %d users are too short for a %s sample", dataset.name, count, name)
     return Split(
         train=train_samples,
-        valid=_stack(*parts["valid"], max_len),
-        test=_stack(*parts["test"], max_len),
+        valid=part(lengths >= 3, 2),
+        test=part(lengths >= 2, 1),
         max_len=max_len,
         skipped=skipped,
     )
