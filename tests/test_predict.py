@@ -1,10 +1,12 @@
-"""Batch inference past one process: recommend.py sharded by Lightning's predict loop over 2 CPU processes (DDP on
-gloo) merges into exactly the single-process output. The multi-process runs are real subprocesses: Lightning's
-launcher starts the other rank by running the script's command line again."""
+"""Batch inference and training past one process: recommend.py sharded by Lightning's predict loop over 2 CPU
+processes (DDP on gloo) merges into exactly the single-process output, and train.py fits under DDP on 2 CPU
+processes. The multi-process runs are real subprocesses: Lightning's launcher starts the other rank by running the
+script's command line again."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -26,7 +28,7 @@ from genrec.seq2seq.predict import (
     merge_shards,
     shard_path,
 )
-from tests.conftest import ROOT, TrainedWalk
+from tests.conftest import ROOT, TrainedWalk, cli_args, synthetic
 
 
 def env() -> dict[str, str]:
@@ -199,3 +201,29 @@ def test_sharded_options_that_cannot_work_are_refused(args, message, capsys):
     with pytest.raises(SystemExit):
         recommend.parse_args(["--checkpoint", "x.ckpt", *args])
     assert message in capsys.readouterr().err
+
+
+def test_ddp_training_on_two_cpu_processes(tmp_path):
+    """train.py fit under DDP on 2 CPU processes: each rank trains on half the rows (BatchShards), so the run takes
+    half the steps of one process, and the tested run's record names 2 processes."""
+    from genrec.seq2seq.data import SemanticIdData
+
+    dataset, tokenizer = synthetic(tmp_path)
+    epochs, batch_size = 2, 64  # cli_args' batch size
+    args = cli_args(dataset, tokenizer, tmp_path / "run", "--trainer.devices=2", "--trainer.strategy=ddp",
+                    f"--trainer.max_epochs={epochs}", "--trainer.limit_val_batches=0", "--test_after_fit=true",
+                    "--examples=0")
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "fit", *args], capture_output=True, text=True,
+                            timeout=300, env=env(), cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert "MEMBER: 1/2" in log and "MEMBER: 2/2" in log
+    (checkpoint,) = (tmp_path / "run").rglob("*.ckpt")
+    data = SemanticIdData(dataset=str(dataset), tokenizer=str(tokenizer), max_len=5)
+    data.setup()
+    rows = len(data.parts["train"])
+    one_process = epochs * math.ceil(rows / batch_size)
+    assert torch.load(checkpoint, weights_only=True)["global_step"] == epochs * math.ceil(rows // 2 / batch_size)
+    assert epochs * math.ceil(rows // 2 / batch_size) < one_process
+    (record,) = (tmp_path / "records").glob("*.json")  # GENREC_RECORDS: tests/conftest.py's _records_in_tmp
+    assert json.loads(record.read_text())["device"] == "cpu (1 thread) x2"
