@@ -18,6 +18,14 @@ The checkpoint carries the catalogue's semantic IDs; the dataset it was trained 
 ``--dataset`` overrides) maps item indices to ids and titles. Example::
 
     python recommend.py --checkpoint runs/tiger-beauty/checkpoints/last.ckpt --users all --holdout 1 --top-k 10
+
+Sharded: any of ``--devices``, ``--num-nodes``, ``--accelerator``, ``--strategy`` runs the requests through
+Lightning's predict loop (:mod:`genrec.seq2seq.predict`), one process per device, each answering its share and
+writing a shard beside ``--output``, which rank 0 then merges into the same output as one process writes. It needs
+``--output`` and ``--users`` or an ``--input`` file (every process reads it; stdin cannot be shared). Example,
+4 GPUs on one machine (Lightning starts the other 3 processes by running this command again)::
+
+    python recommend.py --checkpoint last.ckpt --users all --holdout 1 --output recs.jsonl --devices 4
 """
 
 from __future__ import annotations
@@ -29,6 +37,10 @@ import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from genrec.seq2seq.inference import Recommender
 
 log = logging.getLogger("recommend")
 
@@ -50,7 +62,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--beam-width", type=int, help="beams kept per level, T5 systems (default: max(20, top-k))")
     p.add_argument("--batch-size", type=int, default=256, help="users per beam search (default: 256)")
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    shard = p.add_argument_group(
+        "sharded across processes",
+        "any of these runs Lightning's predict loop (needs --output, and --users or an --input file)",
+    )
+    shard.add_argument("--devices", help="devices per node: a count, indices like 0,1, or auto (default: auto)")
+    shard.add_argument("--num-nodes", type=int, help="machines (default: 1)")
+    shard.add_argument("--accelerator", help="cpu, gpu, ... (default: auto)")
+    shard.add_argument("--strategy", help="Lightning strategy (default: auto, which is ddp for more than one device)")
     args = p.parse_args(argv)
     args.beam_width = max(20, args.top_k) if args.beam_width is None else args.beam_width
     if args.top_k < 1 or args.batch_size < 1 or args.holdout < 0:
@@ -59,6 +79,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--beam-width ({args.beam_width}) must be >= --top-k ({args.top_k})")
     if args.holdout and args.users is None:
         p.error("--holdout applies to --users only (JSON histories are used as given)")
+    args.sharded = any(v is not None for v in (args.devices, args.num_nodes, args.accelerator, args.strategy))
+    if args.sharded:
+        if args.device is not None:
+            p.error("--device is for one process; a sharded run picks its devices by --accelerator and --devices")
+        if args.output is None:
+            p.error("sharded runs need --output (the shards are written beside it, then merged into it)")
+        if args.users is None and args.input in (None, "-"):
+            p.error("sharded runs read --users or an --input file: every process reads the input, so stdin cannot be "
+                    "shared")
+        if args.num_nodes is not None and args.num_nodes < 1:
+            p.error(f"--num-nodes must be >= 1, got {args.num_nodes}")
     return args
 
 
@@ -80,16 +111,21 @@ def main(argv: list[str] | None = None) -> int:
 
     from genrec.seq2seq.inference import Recommender
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # Sharded: loaded on the CPU; the strategy moves each process's copy to its device.
+    device = "cpu" if args.sharded else args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         recommender = Recommender.load(args.checkpoint, dataset=args.dataset, max_len=args.max_len, device=device)
     except (FileNotFoundError, ValueError) as e:
         print(f"recommend.py: error: {e}", file=sys.stderr)
         return 2
+    users = None
+    if args.users is not None and args.users.strip() != "all":
+        users = [u.strip() for u in args.users.split(",") if u.strip()]
+    if args.sharded:
+        return _sharded(args, recommender, users)
 
     with ExitStack() as stack:
         if args.users is not None:
-            users = None if args.users.strip() == "all" else [u.strip() for u in args.users.split(",") if u.strip()]
             total = recommender.dataset.n_users if users is None else len(users)
             requests = recommender.dataset_requests(users, holdout=args.holdout)
         else:
@@ -123,6 +159,56 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"recommend.py: {n_users} users, {n_errors} errors{hashed}, {n_users / max(elapsed, 1e-9):.1f} users/s "
         f"on {recommender.device}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _sharded(args: argparse.Namespace, recommender: Recommender, users: list[str] | None) -> int:
+    """The run through Lightning's predict loop: every process runs this, rank 0 merges and prints the summary."""
+    import warnings
+
+    import lightning.pytorch as pl
+
+    from genrec.cli import quiet_third_party
+    from genrec.provenance import device_name
+    from genrec.seq2seq.predict import BatchRecommender, PositionedRequests, RequestData, ShardWriter
+
+    if args.users is not None:
+        requests = PositionedRequests.of_users(recommender, users, holdout=args.holdout)
+    else:
+        try:
+            requests = PositionedRequests.of_file(recommender, args.input)
+        except OSError as e:
+            print(f"recommend.py: error: cannot read --input {args.input}: {e}", file=sys.stderr)
+            return 2
+    # Lightning's notices (devices found, each rank's distributed set-up) would print on every run; warnings show.
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_third_party()
+    # The writer reads each request's position from the batch itself, not from Lightning's batch indices.
+    warnings.filterwarnings("ignore", message="Couldn't infer the batch indices fetched from your dataloader")
+    writer = ShardWriter(args.output, total=len(requests))
+    trainer = pl.Trainer(
+        accelerator=args.accelerator or "auto", devices=args.devices or "auto", num_nodes=args.num_nodes or 1,
+        strategy=args.strategy or "auto", callbacks=[writer], logger=False, enable_checkpointing=False,
+        enable_model_summary=False, enable_progress_bar=not args.no_progress,
+    )
+    start = time.perf_counter()
+    trainer.predict(
+        BatchRecommender(recommender, top_k=args.top_k, beam_width=args.beam_width),
+        datamodule=RequestData(requests, batch_size=args.batch_size),
+        return_predictions=False,
+    )
+    if not trainer.is_global_zero:
+        return 0
+    elapsed = time.perf_counter() - start
+    summary, hashed = writer.summary, writer.hashed_users
+    hashed = f", {hashed} users outside the dataset (hashed user token)" if hashed else ""
+    where = device_name(trainer.strategy.root_device, world_size=trainer.world_size)
+    print(
+        f"recommend.py: {summary.users} users, {summary.errors} errors{hashed}, "
+        f"{summary.users / max(elapsed, 1e-9):.1f} users/s on {where}",
         file=sys.stderr,
     )
     return 0

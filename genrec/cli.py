@@ -130,7 +130,8 @@ def _drop_wandb_anonymous(trainer) -> None:
             del init["anonymous"]
 
 
-def _quiet_third_party() -> None:
+def quiet_third_party() -> None:
+    """Filters the third-party notices and warnings that say nothing to a genrec user (train.py, recommend.py)."""
     logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropNotices) for f in logger.filters):
         logger.addFilter(_DropNotices())
@@ -141,7 +142,7 @@ def _quiet_third_party() -> None:
 def main(args: list[str] | None = None, *, run: bool = True) -> LightningCLI:
     """Runs ``fit|validate|test|predict`` from a YAML config (or builds the objects only, with ``run=False``)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    _quiet_third_party()
+    quiet_third_party()
     return GenRecCLI(
         subclass_mode_model=True,
         subclass_mode_data=True,

@@ -79,6 +79,17 @@ def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON value")
 
 
+def is_blank(text: str | bytes) -> bool:
+    """Whether an input line is blank, which gives no output line: only whitespace once decoded. A line that is
+    not UTF-8 is not blank (it gives an error line)."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+    return not text.strip()
+
+
 def user_hash(user: Any) -> int:
     """A stable user index for users outside the dataset: their bucket is arbitrary, but the same on every run."""
     return zlib.crc32(json.dumps(user, sort_keys=True).encode())
@@ -131,10 +142,8 @@ class Recommender:
         self.model = model.eval()
         # T5 systems read history tokens and decode by beam search; the parallel-ID model reads item indices.
         self.beam = isinstance(model, GenerativeRecommender)
-        self.table = None
-        if self.beam:
-            self.model.index = self.model.index.to(model.device)
-            self.table = model.token_table()  # (n_items + 1, tokens per item)
+        self.table: torch.Tensor | None = None  # (n_items + 1, tokens per item), T5 systems
+        self.to(model.device)
         self.dataset = dataset
         self.max_len = max_len
         self.items = IdLookup(dataset.item_ids)
@@ -204,6 +213,17 @@ class Recommender:
     def device(self) -> torch.device:
         return self.model.device
 
+    def to(self, device: str | torch.device) -> Recommender:
+        """Moves the model and the decoding tables (prefix index, item token table) to ``device``; returns self.
+
+        The tables are not parameters: a ``model.to`` alone (as Lightning's strategies do) leaves them behind.
+        """
+        self.model.to(device)
+        if self.beam:
+            self.model.index = self.model.index.to(self.model.device)
+            self.table = self.model.token_table()
+        return self
+
     # --- requests -------------------------------------------------------------------------------------------
     def parse_line(self, text: str | bytes, number: int, source: str = "<stdin>") -> Request | Line | None:
         """Parses one input line ``{"user": ..., "history": [item ids]}`` (text, or bytes to decode as UTF-8).
@@ -218,7 +238,7 @@ class Recommender:
                 text = text.decode("utf-8")
             except UnicodeDecodeError as e:
                 return {"user": None, "line": number, "error": f"{where}: not UTF-8 text (byte {e.start}: {e.reason})"}
-        if not text.strip():
+        if is_blank(text):
             return None
         try:
             record = json.loads(text, parse_constant=_refuse_constant)
@@ -247,23 +267,23 @@ class Recommender:
         The full sequence recommends the item *after* the user's last one; ``holdout=h`` drops each user's last
         ``h`` items first (``h=1`` gives the leave-one-out test history, whose answer is the held-out item).
         """
+        for given in self.dataset.user_ids if users is None else users:
+            yield self.dataset_request(given, holdout=holdout)
+
+    def dataset_request(self, given: Any, *, holdout: int = 0) -> Request | Line:
+        """The request of one dataset user (an id as :meth:`dataset_requests` takes them), or an error line for a user
+        who is not in the dataset or has no item left after the holdout."""
         if holdout < 0:
             raise ValueError(f"holdout must be >= 0, got {holdout}")
-        if users is None:
-            users, indices = self.dataset.user_ids, range(self.dataset.n_users)
-        else:
-            indices = [self.users.get(u) for u in users]
-        for given, u in zip(users, indices):
-            if u is None:
-                yield {"user": given, "error": f"user {given!r} is not in dataset {self.dataset.name!r}"}
-                continue
-            user = self.dataset.user_ids[u]
-            seq = self.dataset.sequences[u]
-            history = seq[: len(seq) - holdout].tolist()
-            if not history:
-                yield {"user": user, "error": f"the user has {len(seq)} items: none left after holding out {holdout}"}
-                continue
-            yield Request(user, history, u)
+        u = self.users.get(given)
+        if u is None:
+            return {"user": given, "error": f"user {given!r} is not in dataset {self.dataset.name!r}"}
+        user = self.dataset.user_ids[u]
+        seq = self.dataset.sequences[u]
+        history = seq[: len(seq) - holdout].tolist()
+        if not history:
+            return {"user": user, "error": f"the user has {len(seq)} items: none left after holding out {holdout}"}
+        return Request(user, history, u)
 
     def _user_index(self, user: Any) -> int:
         index = self.users.get(user)
