@@ -7,6 +7,7 @@ a float copy of the whole matrix; for a tensor the block is a view when it alrea
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Union
 
 import numpy as np
@@ -18,6 +19,11 @@ Matrix = Union[Tensor, np.ndarray]
 
 CHUNK_ROWS = 16384
 """Rows per block by default: 25 MB of float32 at d = 384."""
+
+ENCODE_ROWS = 4 * CHUNK_ROWS
+"""Rows per block when a whole catalogue is encoded for export: a multiple of k-means' 16384-row distance blocks, so
+codes come out the same bits as from encoding all rows at once, and large enough that a catalogue of up to 65,536
+items still passes an encoder network in one call, as it did before export worked in blocks."""
 
 
 def block(x: Matrix, start: int, stop: int) -> Tensor:
@@ -47,3 +53,8 @@ def nonfinite_rows(x: Matrix, *, chunk_rows: int = CHUNK_ROWS) -> Tensor:
         bad.append(torch.nonzero(~finite).flatten() + start)
     return torch.cat(bad)
 
+
+def map_blocks(fn: Callable[[Tensor], Tensor], x: Tensor, *, chunk_rows: int = ENCODE_ROWS) -> Tensor:
+    """``fn`` applied to ``x`` (n, ...) ``chunk_rows`` rows at a time and concatenated: for row-wise functions whose
+    intermediate results would be large for all rows at once (a decoder's hidden layers, a codebook lookup)."""
+    return torch.cat([fn(x[start : start + chunk_rows]) for start in range(0, x.shape[0], chunk_rows)])
