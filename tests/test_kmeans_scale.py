@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from genrec.tokenizer import ResidualKMeans, residual_quantize
+from genrec.tokenizer import ResidualKMeans, reassign_last_level, residual_quantize
 from genrec.tokenizer.kmeans import kmeans, reseed_empty, reseed_farthest, squared_distances
 from genrec.tokenizer.residual import last_level_distances, last_residual_distances, residual_codes
 from genrec.tokenizer.rows import Rows
@@ -149,3 +149,37 @@ def test_residual_codes_equal_residual_quantize(tmp_path):
     with torch.no_grad():
         expected = residual_quantize(encoder(x), latent_codebooks).codes
     assert torch.equal(residual_codes(x, latent_codebooks, encoder=encoder, chunk_size=1000), expected)
+
+
+def test_reassign_reads_only_the_colliding_items_distances():
+    g = torch.Generator().manual_seed(8)
+    prefix = torch.arange(60) // 3  # 20 prefixes of 3 items, last codes in [0, 2) of 4: many collide
+    codes = torch.stack([prefix // 5, prefix % 5, torch.randint(2, (60,), generator=g)], dim=1)
+    distances = torch.rand(60, 4, generator=g)
+    asked = []
+
+    def rows_of(index: torch.Tensor) -> torch.Tensor:
+        asked.append(index)
+        return distances[index]
+
+    assert torch.equal(reassign_last_level(codes, rows_of), reassign_last_level(codes, distances))
+    _, inverse, counts = torch.unique(codes, dim=0, return_inverse=True, return_counts=True)
+    assert torch.equal(asked[0], torch.nonzero(counts[inverse] > 1).flatten())
+
+
+def test_rqkmeans_lightning_export_encodes_a_sampled_fit(tmp_path):
+    import lightning.pytorch as pl
+
+    from genrec.tokenizer import load_tokenizer
+    from genrec.tokenizer.datamodule import ItemFeatures
+    from genrec.tokenizer.lightning import RQKMeansTokenizer
+
+    x = blobs(400, 7, 40, noise=0.3, seed=10)
+    module = RQKMeansTokenizer(output_dir=str(tmp_path / "km"), levels=3, codebook_size=16,
+                               max_points_per_centroid=16)  # a sample of 256 of 400 items
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=ItemFeatures(features=x, batch_size=None))
+    ids = load_tokenizer(tmp_path / "km")
+    assert ids.config["hparams"]["max_points_per_centroid"] == 16
+    assert ids.codes.shape == (400, 4) and torch.equal(ids.codes[:, :3], module.quantizer.encode(x))
