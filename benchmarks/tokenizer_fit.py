@@ -6,7 +6,7 @@ collision rate before handling, largest collision group, and the device. The art
 With ``--memmap PATH`` it fits residual k-means alone on an (n, d) ``.npy`` read memory-mapped, in blocks of rows
 (issue 14's scale target: 10^6 x 384 at 3 x 256 codes within 10 minutes on 2 cores), after writing a clustered
 test matrix there with ``--blobs N`` when the file is missing, and prints one JSON line: iterations, inertia and
-seconds per level, total seconds and peak resident memory.
+seconds per level, total seconds, peak resident memory, and the time of encoding every row as the export does.
 
 Usage:
     PYTHONPATH=. python benchmarks/tokenizer_fit.py --dataset amazon-beauty
@@ -43,11 +43,12 @@ def write_blobs(path: str | Path, *, n: int, dim: int, centres: int = 3000, nois
     out.flush()
 
 
-def peak_rss_mib() -> float:
-    """This process's peak resident memory (VmHWM of /proc/self/status) in MiB; NaN where there is no /proc."""
+def memory_mib(field: str = "VmHWM") -> float:
+    """A memory line of /proc/self/status in MiB (VmHWM: peak resident memory, which counts the pages of a memmap
+    read so far; RssAnon: what the process allocated itself, now); NaN where there is no /proc."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -59,8 +60,9 @@ def fit_memmap(path: str | Path, *, levels: int = 3, codebook_size: int = 256, s
     """Fits residual k-means on the ``.npy`` at ``path``, memory-mapped and read in blocks of ``chunk_size`` rows.
 
     Returns:
-        ``codes`` (n, levels) int64, ``levels`` (one dict per level: iterations, sample_size, refine_iterations,
-        inertia, seconds), ``seconds`` in all, and ``peak_rss_mib``.
+        ``codes`` (n, levels) int64, the fitted ``quantizer``, ``levels`` (one dict per level: iterations,
+        sample_size, refine_iterations, inertia, seconds), ``seconds`` in all, ``peak_rss_mib`` (VmHWM) and, at the
+        end, ``rss_anon_mib`` and ``rss_file_mib`` (the memmap's pages).
     """
     from genrec.tokenizer.rq_kmeans import ResidualKMeans
 
@@ -69,8 +71,9 @@ def fit_memmap(path: str | Path, *, levels: int = 3, codebook_size: int = 256, s
                                max_points_per_centroid=max_points_per_centroid, refine_iter=refine_iter)
     start = time.perf_counter()
     fit = quantizer.fit_predict(x, chunk_size=chunk_size)
-    return {"codes": fit.codes, "levels": [level._asdict() for level in fit.levels],
-            "seconds": time.perf_counter() - start, "peak_rss_mib": peak_rss_mib()}
+    return {"codes": fit.codes, "quantizer": quantizer, "levels": [level._asdict() for level in fit.levels],
+            "seconds": time.perf_counter() - start, "peak_rss_mib": memory_mib("VmHWM"),
+            "rss_anon_mib": memory_mib("RssAnon"), "rss_file_mib": memory_mib("RssFile")}
 
 
 def scale_run(args: argparse.Namespace) -> None:
@@ -86,12 +89,19 @@ def scale_run(args: argparse.Namespace) -> None:
                      time.perf_counter() - start)
     result = fit_memmap(args.memmap, levels=args.levels, codebook_size=args.codebook_size, seed=args.seed,
                         max_points_per_centroid=args.max_points_per_centroid, refine_iter=args.refine_iter)
-    n, d = np.load(args.memmap, mmap_mode="r").shape
+    x = np.load(args.memmap, mmap_mode="r")
+    n, d = x.shape
+    # The export's encoding of the whole catalogue, in blocks: it must give the fit's codes.
+    start = time.perf_counter()
+    same = bool(torch.equal(result["quantizer"].encode_catalogue(x), result["codes"]))
+    encode_seconds = time.perf_counter() - start
     print(json.dumps({
         "method": "rq-kmeans (memmap)", "features": str(args.memmap), "n_items": n, "dim": d,
         "levels": [{k: round(v, 2) if isinstance(v, float) else v for k, v in level.items()}
                    for level in result["levels"]],
         "seconds": round(result["seconds"], 1), "peak_rss_mib": round(result["peak_rss_mib"]),
+        "rss_anon_mib": round(result["rss_anon_mib"]), "rss_file_mib": round(result["rss_file_mib"]),
+        "encode_seconds": round(encode_seconds, 1), "encode_matches_fit": same,
         "threads": torch.get_num_threads(), "max_points_per_centroid": args.max_points_per_centroid,
         "refine_iter": args.refine_iter, **provenance(),
     }), flush=True)
