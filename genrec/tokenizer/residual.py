@@ -148,11 +148,12 @@ def residual_codes(
         (n, l) int64 in [0, k), on ``codebooks.device``.
     """
     codebooks = codebooks.detach()
-    codes = []
+    # One output, not a list of per-block codes: those, kept between large freed blocks, fragment the heap.
+    codes = torch.empty(x.shape[0], codebooks.shape[0], dtype=torch.int64, device=codebooks.device)
     for start in range(0, x.shape[0], chunk_size):
         z = block(x, start, start + chunk_size).to(codebooks.device)
-        codes.append(_walk(z if encoder is None else encoder(z), codebooks)[0])
-    return torch.cat(codes) if codes else torch.zeros(0, codebooks.shape[0], dtype=torch.int64)
+        codes[start : start + z.shape[0]] = _walk(z if encoder is None else encoder(z), codebooks)[0]
+    return codes
 
 
 @torch.no_grad()
