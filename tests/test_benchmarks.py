@@ -65,3 +65,19 @@ def test_side_by_side_entries_take_the_base_or_their_own_list():
     with pytest.raises(SystemExit, match="no such file"):
         systems.config_files("configs/base/cpu.yaml", "configs/tiger/nope.yaml")
     assert Path(ROOT / "configs/base/baseline.yaml").exists()
+
+
+def test_memmap_fit_reports_each_level_and_codes_every_row(tmp_path):
+    import numpy as np
+
+    tokenizer_fit = load_benchmark("tokenizer_fit")
+    path = tmp_path / "blobs.npy"
+    tokenizer_fit.write_blobs(path, n=3000, dim=8, centres=50, chunk_rows=700)
+    x = np.load(path, mmap_mode="r")
+    assert x.shape == (3000, 8) and x.dtype == np.float32
+    assert np.allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+    result = tokenizer_fit.fit_memmap(path, levels=2, codebook_size=8, max_points_per_centroid=64, chunk_size=1000)
+    assert result["codes"].shape == (3000, 2) and result["codes"].unique().numel() == 8
+    assert [level["sample_size"] for level in result["levels"]] == [512, 512]
+    assert all(level["refine_iterations"] >= 1 and level["seconds"] > 0 for level in result["levels"])
+    assert result["levels"][1]["inertia"] < result["levels"][0]["inertia"] and result["peak_rss_mib"] > 0

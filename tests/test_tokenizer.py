@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from genrec.features import NpyFeatures, TextEmbeddings, feature_fingerprint, fuse_features
+from genrec.features import NpyFeatures, TextEmbeddings, feature_fingerprint, fuse_features, fuse_to_npy, load_features
 from genrec.tokenizer import (
     RQVAE,
     ResidualKMeans,
@@ -236,6 +236,38 @@ def test_fuse_features_errors_name_source_and_rows():
         fuse_features([torch.randn(8, 2), bad], [NpyFeatures(path="ok.npy"), NpyFeatures(path="bad.npy")])
     with pytest.raises(ValueError, match=r"disagree on the number of items.*8 rows.*bad.npy.*7"):
         fuse_features([torch.randn(8, 2), torch.randn(7, 2)], [NpyFeatures(path="ok.npy"), NpyFeatures(path="bad.npy")])
+
+
+def test_fuse_to_npy_equals_in_memory_fusion(tmp_path):
+    g = torch.Generator().manual_seed(9)
+    np.save(tmp_path / "a.npy", (torch.randn(101, 5, generator=g) * 4).numpy())
+    np.save(tmp_path / "b.npy", (torch.randn(101, 3, generator=g) * 50 + 9).numpy().astype(np.float64))
+    sources = [
+        NpyFeatures(path=str(tmp_path / "a.npy")),
+        NpyFeatures(path=str(tmp_path / "b.npy"), normalize="standardize", weight=2.0),
+        NpyFeatures(path=str(tmp_path / "a.npy"), normalize="none", weight=0.5),
+    ]
+    memory = load_features("any", sources)
+    disk = fuse_to_npy("any", sources, tmp_path / "fused.npy", chunk_rows=10)
+    assert isinstance(disk, np.memmap) and disk.dtype == np.float32 and disk.shape == (101, 13)
+    fused = torch.from_numpy(np.array(disk))
+    assert torch.equal(fused[:, :5], memory[:, :5]) and torch.equal(fused[:, 8:], memory[:, 8:])
+    torch.testing.assert_close(fused[:, 5:8], memory[:, 5:8], rtol=1e-5, atol=1e-6)
+    # open() maps the file; load() reads it into memory as float32, as it did before it went through the map.
+    assert isinstance(sources[1].open("any"), np.memmap)
+    loaded = sources[1].load("any")
+    assert not isinstance(loaded.numpy(), np.memmap)
+    assert torch.equal(loaded, torch.from_numpy(np.load(tmp_path / "b.npy").astype(np.float32)))
+
+
+def test_fuse_to_npy_names_non_finite_rows_and_writes_nothing(tmp_path):
+    x = torch.randn(2000, 3)
+    x[3, 0] = float("nan")
+    x[1500, 2] = float("inf")
+    np.save(tmp_path / "bad.npy", x.numpy())
+    with pytest.raises(ValueError, match=r"feature source 0 .*2 of 2000 rows hold NaN or inf .*\[3, 1500\]"):
+        fuse_to_npy("any", [NpyFeatures(path=str(tmp_path / "bad.npy"))], tmp_path / "bad-fused.npy", chunk_rows=256)
+    assert not (tmp_path / "bad-fused.npy").exists()
 
 
 def test_feature_sources_validate_choices():

@@ -1,14 +1,16 @@
 """Item features: every source an item tokenizer can quantize, their fusion, fingerprint and on-disk cache.
 
 - ``source``: the :class:`FeatureSource` protocol, :class:`NpyFeatures`, :class:`TextEmbeddings`, fusion
-  (:func:`load_features`) and :func:`feature_fingerprint`;
+  (:func:`load_features` in memory, :func:`fuse_to_npy` in blocks of rows into a ``.npy`` file) and
+  :func:`feature_fingerprint`;
+- ``matrix``: blocks of rows of an (n, d) tensor, array or memmap, for what must not hold a whole matrix;
 - ``text``: item text embeddings from any HuggingFace encoder;
 - ``image``: item image embeddings from any HuggingFace vision encoder (:class:`ImageEmbeddings`);
 - ``cooccurrence``: PPMI + SVD of training co-occurrence (:class:`CooccurrenceFeatures`);
 - ``graph`` and ``sage``: MMGRec's GraphSAGE encoder over the training graph (:class:`GraphFeatures`);
 - ``cache``: the one writer and reader of cached (n_items, d) matrices.
 
-Only ``source`` and ``cache`` load with the package, as they are all that reading a tokenizer artifact needs; the
+Only ``source``, ``matrix`` and ``cache`` load with the package, as they are all that reading a tokenizer artifact needs; the
 names of the other modules load on first use (``genrec.features.GraphFeatures``), so that importing
 ``genrec.tokenizer`` does not import the datasets, PIL or (through torchmetrics, under the graph encoder's BPR loss)
 transformers.
@@ -28,6 +30,7 @@ from genrec.features.source import (
     check_finite,
     feature_fingerprint,
     fuse_features,
+    fuse_to_npy,
     load_features,
     normalize_features,
 )
@@ -70,6 +73,7 @@ __all__ = [
     "dataset_image_embeddings",
     "feature_fingerprint",
     "fuse_features",
+    "fuse_to_npy",
     "graph_item_embeddings",
     "item_texts",
     "load_features",

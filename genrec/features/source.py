@@ -11,6 +11,9 @@ fused vector's energy is therefore weight² / sum of weights², whatever its wid
 
 :func:`feature_fingerprint` names a fused matrix by a hash, so a tokenizer artifact or a cache entry can tell that
 its input features changed.
+
+:func:`fuse_to_npy` fuses in blocks of rows into a float32 ``.npy`` file, reading ``.npy`` sources memory-mapped,
+for catalogues whose features do not fit in memory (the in-memory :func:`load_features` stays as it is).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import abc
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -26,6 +30,8 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import Tensor
+
+from genrec.features.matrix import CHUNK_ROWS, Matrix, block, nonfinite_rows
 
 Normalization = Literal["l2", "standardize", "none"]
 NORMALIZATIONS: tuple[str, ...] = ("l2", "standardize", "none")
@@ -100,35 +106,48 @@ class NpyFeatures(FeatureSource):
     def __post_init__(self) -> None:
         self._check()
 
-    def load(self, dataset: str | Path) -> Tensor:
+    def open(self, dataset: str | Path) -> np.ndarray:
+        """The (n_items, d) matrix memory-mapped read-only: rows are read from disk only when used."""
         if not Path(self.path).exists():
             how = f"python train.py fit {' '.join(self.made_by)}" if self.made_by else "the run that writes it"
             raise FileNotFoundError(f"feature file {self.path!r} does not exist: make it first ({how})")
-        array = np.load(self.path, allow_pickle=False)
+        array = np.load(self.path, mmap_mode="r", allow_pickle=False)
         if array.ndim != 2:
             raise ValueError(f"{self.path}: expected an (n_items, d) matrix, got shape {array.shape}")
-        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+        return array
+
+    def load(self, dataset: str | Path) -> Tensor:
+        return torch.from_numpy(np.array(self.open(dataset), dtype=np.float32))
 
 
-def check_finite(x: Tensor, *, what: str) -> None:
-    """Raises ValueError listing the rows of ``x`` (n, d) that hold NaN or inf; ``what`` names the matrix."""
-    bad = ~torch.isfinite(x).all(dim=1)
-    if bool(bad.any()):
-        rows = torch.nonzero(bad).flatten()
+def check_finite(x: Matrix, *, what: str) -> None:
+    """Raises ValueError listing the rows of ``x`` (n, d) that hold NaN or inf; ``what`` names the matrix.
+
+    ``x`` may be a tensor, an array or a memmap: it is checked in blocks of rows."""
+    rows = nonfinite_rows(x)
+    if rows.numel():
         raise ValueError(
             f"{what}: {rows.numel()} of {x.shape[0]} rows hold NaN or inf (dense item indices {rows[:20].tolist()}"
             f"{', ...' if rows.numel() > 20 else ''})"
         )
 
 
-def normalize_features(x: Tensor, how: Normalization) -> Tensor:
-    """Normalises an (n, d) matrix as the module docstring describes; returns (n, d) float32."""
+def normalize_features(x: Tensor, how: Normalization, *, stats: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """Normalises an (n, d) matrix as the module docstring describes; returns (n, d) float32.
+
+    Args:
+        x: (n, d) float.
+        how: the normalisation.
+        stats: (d,) column means and standard deviations for ``"standardize"`` (:func:`column_stats`), when ``x``
+            is a block of rows of a larger matrix; None takes them from ``x``.
+    """
     x = x.float()
     if how == "l2":
         return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
     if how == "standardize":
+        mean, std = stats if stats is not None else (x.mean(dim=0), x.std(dim=0))
         # Floor the std: a constant column then stays 0 instead of becoming NaN.
-        return (x - x.mean(dim=0)) / x.std(dim=0).clamp_min(1e-12) / x.shape[1] ** 0.5
+        return (x - mean) / std.clamp_min(1e-12) / x.shape[1] ** 0.5
     if how == "none":
         return x
     raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {how!r}")
@@ -147,9 +166,16 @@ def fuse_features(matrices: list[Tensor], sources: list[FeatureSource]) -> Tenso
     Raises:
         ValueError: on no sources, non-finite values (naming the source and rows) or differing item counts.
     """
+    _check_matrices(matrices, sources)
+    return torch.cat(
+        [normalize_features(x, source.normalize) * source.weight for x, source in zip(matrices, sources)], dim=1
+    )
+
+
+def _check_matrices(matrices: list[Matrix], sources: list[FeatureSource]) -> None:
+    """The errors of :func:`fuse_features`: one (n_items, d_s) finite matrix per source, all with n_items rows."""
     if not sources or len(matrices) != len(sources):
         raise ValueError(f"need one matrix per feature source, got {len(matrices)} matrices for {len(sources)} sources")
-    parts = []
     for i, (x, source) in enumerate(zip(matrices, sources)):
         name = f"feature source {i} ({source.describe()})"
         if x.ndim != 2:
@@ -160,8 +186,6 @@ def fuse_features(matrices: list[Tensor], sources: list[FeatureSource]) -> Tenso
                 f"{matrices[0].shape[0]} rows, {name} has {x.shape[0]}"
             )
         check_finite(x, what=name)
-        parts.append(normalize_features(x, source.normalize) * source.weight)
-    return torch.cat(parts, dim=1)
 
 
 def load_features(dataset: str | Path, sources: list[FeatureSource]) -> Tensor:
@@ -169,14 +193,73 @@ def load_features(dataset: str | Path, sources: list[FeatureSource]) -> Tensor:
     return fuse_features([source.load(dataset) for source in sources], sources)
 
 
-def feature_fingerprint(features: Tensor) -> str:
-    """sha256 hex digest of a feature matrix: its shape, then its float32 C-order bytes.
+def column_stats(x: Matrix, *, chunk_rows: int = CHUNK_ROWS) -> tuple[Tensor, Tensor]:
+    """(d,) float32 column means and unbiased standard deviations of ``x`` (n, d), from two passes over blocks of
+    rows, summed in float64 (the second pass sums squares around the mean, which a one-pass formula would lose)."""
+    n, d = x.shape
+    total = torch.zeros(d, dtype=torch.float64)
+    for start in range(0, n, chunk_rows):
+        total += block(x, start, start + chunk_rows).double().sum(dim=0).cpu()
+    mean = total / n
+    squares = torch.zeros(d, dtype=torch.float64)
+    for start in range(0, n, chunk_rows):
+        squares += (block(x, start, start + chunk_rows).double().cpu() - mean).pow(2).sum(dim=0)
+    # n - 1 as torch.std; one item has no spread (its std floors to 1e-12 in normalize_features).
+    return mean.float(), (squares / max(n - 1, 1)).sqrt().float()
+
+
+def fuse_to_npy(
+    dataset: str | Path, sources: list[FeatureSource], path: str | Path, *, chunk_rows: int = CHUNK_ROWS
+) -> np.ndarray:
+    """Fuses the sources as :func:`load_features` does, ``chunk_rows`` rows at a time, into a float32 ``.npy`` file.
+
+    ``.npy`` sources are memory-mapped (:meth:`NpyFeatures.open`), so neither they nor the fused matrix need fit in
+    memory; other sources load as they do for :func:`load_features`. ``"standardize"`` takes two passes for the
+    column means and standard deviations (:func:`column_stats`), so it matches the in-memory fusion up to float
+    rounding; ``"l2"`` and ``"none"`` match it exactly. The file is written beside ``path`` and renamed into place,
+    so a killed run leaves no partial matrix under ``path``.
 
     Args:
-        features: (n, d) float.
+        dataset: passed to each source.
+        sources: the feature sources.
+        path: the ``.npy`` to write.
+        chunk_rows: rows per block.
+
+    Returns:
+        The fused (n_items, sum of d_s) float32 matrix, memory-mapped read-only from ``path``.
+
+    Raises:
+        ValueError: as :func:`fuse_features`.
     """
-    array = np.ascontiguousarray(features.detach().cpu().float().numpy())
+    path = Path(path)
+    matrices = [source.open(dataset) if isinstance(source, NpyFeatures) else source.load(dataset) for source in sources]
+    _check_matrices(matrices, sources)
+    n = matrices[0].shape[0]
+    stats = [column_stats(x, chunk_rows=chunk_rows) if source.normalize == "standardize" else None
+             for x, source in zip(matrices, sources)]
+    partial = path.with_name(f".{path.name}.partial")
+    out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(n, sum(x.shape[1] for x in matrices)))
+    for start in range(0, n, chunk_rows):
+        parts = [
+            normalize_features(block(x, start, start + chunk_rows).cpu(), source.normalize, stats=stat) * source.weight
+            for x, source, stat in zip(matrices, sources, stats)
+        ]
+        out[start : start + chunk_rows] = torch.cat(parts, dim=1).numpy()
+    out.flush()
+    del out
+    os.replace(partial, path)
+    return np.load(path, mmap_mode="r")
+
+
+def feature_fingerprint(features: Matrix) -> str:
+    """sha256 hex digest of a feature matrix: its shape, then its float32 C-order bytes (hashed in blocks of rows,
+    which gives the same digest as hashing them at once).
+
+    Args:
+        features: (n, d) float tensor, array or memmap.
+    """
     h = hashlib.sha256()
-    h.update(json.dumps(list(array.shape)).encode())
-    h.update(array.tobytes())
+    h.update(json.dumps(list(features.shape)).encode())
+    for start in range(0, features.shape[0], CHUNK_ROWS):
+        h.update(np.ascontiguousarray(block(features, start, start + CHUNK_ROWS).detach().cpu().numpy()).tobytes())
     return h.hexdigest()

@@ -16,7 +16,8 @@ Two strategies:
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from collections.abc import Callable
+from typing import Literal, NamedTuple, Union
 
 import torch
 from torch import Tensor
@@ -25,6 +26,9 @@ CollisionStrategy = Literal["extra_code", "reassign"]
 STRATEGIES: tuple[str, ...] = ("extra_code", "reassign")
 CollisionOrder = Literal["index", "popularity"]
 ORDERS: tuple[str, ...] = ("index", "popularity")
+LastDistances = Union[Tensor, Callable[[Tensor], Tensor]]
+"""The cost of giving items last-level codes: an (n, k) matrix, or a function from (r,) item indices to their (r, k)
+rows, so that a large catalogue computes them only for the items that collide."""
 
 
 class CollisionStats(NamedTuple):
@@ -104,13 +108,14 @@ def _check_popularity(popularity: Tensor, n: int) -> None:
         raise ValueError(f"popularity holds NaN or inf (items {bad})")
 
 
-def reassign_last_level(codes: Tensor, distances: Tensor) -> Tensor:
+def reassign_last_level(codes: Tensor, distances: LastDistances) -> Tensor:
     """Keeps IDs at l codes by moving colliding items to free last-level codes of their prefix.
 
     Args:
         codes: (n, l) int64, last column in [0, k).
         distances: (n, k) float, cost of giving item i last-level code j (e.g. squared distance from its last
-            residual to that codebook row).
+            residual to that codebook row); or a function giving those rows for (r,) item indices, called once,
+            for the colliding items.
 
     Returns:
         (n, l) int64 with unique rows; only colliding items' last code changes.
@@ -118,9 +123,18 @@ def reassign_last_level(codes: Tensor, distances: Tensor) -> Tensor:
     Raises:
         ValueError: if some (l-1)-prefix holds more than k items (no assignment can make them unique).
     """
-    n, k = distances.shape
-    if codes.shape[0] != n:
-        raise ValueError(f"codes has {codes.shape[0]} rows but distances has {n}")
+    n = codes.shape[0]
+    if isinstance(distances, Tensor) and distances.shape[0] != n:
+        raise ValueError(f"codes has {n} rows but distances has {distances.shape[0]}")
+    id_inverse, id_counts = _groups(codes)
+    colliding = id_counts[id_inverse] > 1
+    # Only colliding items keep or move codes, so only their rows of the costs are read.
+    pool = torch.nonzero(colliding).flatten()
+    rows = distances[pool.to(distances.device)] if isinstance(distances, Tensor) else distances(pool)
+    cost = rows.detach().float().cpu()  # (r, k): row i is item pool[i]
+    k = cost.shape[1]
+    position = torch.full((n,), -1, dtype=torch.int64)
+    position[pool.cpu()] = torch.arange(pool.numel())
     # With one level, every item shares the empty prefix.
     prefix = codes[:, :-1] if codes.shape[1] > 1 else torch.zeros(n, 1, dtype=codes.dtype, device=codes.device)
     prefix_inverse, prefix_counts = _groups(prefix)
@@ -132,11 +146,11 @@ def reassign_last_level(codes: Tensor, distances: Tensor) -> Tensor:
             f"items but the last level has only {k} codes; use collision='extra_code' or a larger codebook"
         )
     out = codes.clone()
-    id_inverse, id_counts = _groups(codes)
-    colliding = id_counts[id_inverse] > 1
-    cost = distances.detach().float().cpu()
+    # Each prefix's items in item order, from one sort: a scan of all items per prefix would be quadratic.
+    by_prefix = torch.argsort(prefix_inverse, stable=True).cpu()
+    ends = torch.cumsum(prefix_counts, dim=0).cpu()
     for group in torch.unique(prefix_inverse[colliding]).tolist():
-        members = torch.nonzero(prefix_inverse == group).flatten().cpu()
+        members = by_prefix[int(ends[group] - prefix_counts[group]) : int(ends[group])]
         last = codes[members, -1].cpu()
         used = torch.zeros(k, dtype=torch.bool)
         used[last] = True
@@ -145,10 +159,10 @@ def reassign_last_level(codes: Tensor, distances: Tensor) -> Tensor:
             holders = members[last == code]
             if holders.numel() > 1:
                 # The holder closest to the shared code keeps it; the rest move.
-                keep = int(cost[holders, code].argmin())
+                keep = int(cost[position[holders], code].argmin())
                 movers.extend(h for j, h in enumerate(holders.tolist()) if j != keep)
         free = torch.nonzero(~used).flatten()
-        block = cost[movers][:, free].clone()  # (m, f)
+        block = cost[position[movers]][:, free].clone()  # (m, f)
         for _ in range(len(movers)):
             flat = int(block.argmin())
             row, col = divmod(flat, block.shape[1])
@@ -163,7 +177,7 @@ def resolve_collisions(
     *,
     strategy: CollisionStrategy,
     codebook_size: int,
-    distances: Tensor | None = None,
+    distances: LastDistances | None = None,
     popularity: Tensor | None = None,
 ) -> tuple[Tensor, tuple[int, ...]]:
     """Makes every semantic ID unique and checks it.
@@ -172,7 +186,8 @@ def resolve_collisions(
         codes: (n, l) int64 in [0, codebook_size).
         strategy: ``"extra_code"`` or ``"reassign"`` (see the module docstring).
         codebook_size: codes per level k.
-        distances: (n, k) float, needed by ``"reassign"``.
+        distances: (n, k) float or a function of item indices (:func:`reassign_last_level`), needed by
+            ``"reassign"``.
         popularity: (n,) real, orders each group's extra code by descending popularity (``"extra_code"`` only);
             None for item-index order.
 

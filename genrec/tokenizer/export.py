@@ -16,7 +16,7 @@ from torch import Tensor
 import genrec
 from genrec.features import feature_fingerprint
 from genrec.tokenizer.artifact import PLOT_FILE, SemanticIds, load_tokenizer, save_tokenizer
-from genrec.tokenizer.collisions import CollisionStrategy, resolve_collisions
+from genrec.tokenizer.collisions import CollisionStrategy, LastDistances, resolve_collisions
 from genrec.tokenizer.metrics import flat_metrics, tokenizer_metrics
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ def export_tokenizer(
     *,
     features: Tensor,
     raw_codes: Tensor,
-    last_distances: Tensor,
+    last_distances: LastDistances,
     reconstruct: Callable[[Tensor], Tensor],
     codebooks: Tensor,
     collision: CollisionStrategy,
@@ -42,7 +42,8 @@ def export_tokenizer(
         directory: artifact folder, e.g. ``tokenizers/beauty-rqkmeans``.
         features: (n, d) float, the matrix the tokenizer was fitted on (row = dense item).
         raw_codes: (n, l) int64, the quantizer's codes before collision handling.
-        last_distances: (n, k) float, distance of each item's last residual to each last-level code.
+        last_distances: (n, k) float, distance of each item's last residual to each last-level code; or a function
+            of (r,) item indices giving their rows (only colliding items' are needed, by ``"reassign"``).
         reconstruct: maps (n, l) codes to (n, d) reconstructions of ``features``.
         codebooks: (l, k, d') float.
         collision: collision strategy (see ``genrec.tokenizer.collisions``).

@@ -3,8 +3,9 @@
 All read the catalogue from an :class:`~genrec.tokenizer.datamodule.ItemFeatures` datamodule and write
 ``output_dir`` on ``on_fit_end`` (skipped under ``fast_dev_run``, which must not overwrite a real artifact). The
 RQ-KMeans and RQ-VAE modules derive the input width from the data (``input_dim`` is filled in at setup and saved
-with the hyperparameters), encode every item and resolve collisions; ``ConstrainedKMeansTokenizer`` (ColaRec) has
-no width-dependent parameters and makes IDs unique by construction, so it has no collision step.
+with the hyperparameters), encode every item in blocks of rows (never the (n, l, d) residuals: only codes, and the
+last residuals' distances of the items that collide) and resolve collisions; ``ConstrainedKMeansTokenizer``
+(ColaRec) has no width-dependent parameters and makes IDs unique by construction, so it has no collision step.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 import torch
 from torch import Tensor
 
+from genrec.features.matrix import map_blocks
 from genrec.tokenizer.artifact import SemanticIds
 from genrec.tokenizer.collisions import CollisionOrder, CollisionStrategy
 from genrec.tokenizer.constrained_kmeans import HierarchicalCodes, hierarchical_codes
@@ -29,7 +31,7 @@ from genrec.tokenizer.fitting import (
     derive_sizes,
 )
 from genrec.tokenizer.product import ProductKMeans
-from genrec.tokenizer.residual import last_level_distances
+from genrec.tokenizer.residual import last_residual_distances, residual_codes
 from genrec.tokenizer.rq_kmeans import ResidualKMeans
 from genrec.tokenizer.rqvae import RQVAE
 
@@ -50,6 +52,9 @@ class RQKMeansTokenizer(OneStepTokenizer):
         collision: ``"extra_code"`` (TIGER) or ``"reassign"``; see ``genrec.tokenizer.collisions``.
         collision_order: order of the extra code within a colliding group: ``"index"`` (TIGER) or
             ``"popularity"`` (MMGRec: most training interactions first, counted on the datamodule's dataset).
+        max_points_per_centroid: a level with more items than this times ``codebook_size`` is fitted on a sample
+            of that many and refined on all items (``genrec.tokenizer.kmeans``); None: always on all items.
+        refine_iter: Lloyd iterations at most over all items after a sample's.
     """
 
     def __init__(
@@ -64,6 +69,8 @@ class RQKMeansTokenizer(OneStepTokenizer):
         seed: int = 0,
         collision: CollisionStrategy = "extra_code",
         collision_order: CollisionOrder = "index",
+        max_points_per_centroid: int | None = 256,
+        refine_iter: int = 3,
     ) -> None:
         super().__init__()
         check_collision(collision, collision_order)
@@ -81,6 +88,8 @@ class RQKMeansTokenizer(OneStepTokenizer):
             max_iter=hp.max_iter,
             tol=hp.tol,
             seed=hp.seed,
+            max_points_per_centroid=hp.max_points_per_centroid,
+            refine_iter=hp.refine_iter,
         )
 
     def setup(self, stage: str) -> None:
@@ -100,13 +109,13 @@ class RQKMeansTokenizer(OneStepTokenizer):
 
     def export(self, features: Tensor, data: dict) -> SemanticIds:
         x = features.to(self.device)
-        q = self.quantizer.quantize(x)
+        codebooks = self.quantizer.codebooks
         return export_tokenizer(
             self.hparams.output_dir,
             features=x,
-            raw_codes=q.codes,
-            last_distances=last_level_distances(q, self.quantizer.codebooks),
-            reconstruct=self.quantizer.decode,
+            raw_codes=self.quantizer.encode_catalogue(x),
+            last_distances=lambda rows: last_residual_distances(x, codebooks, rows),
+            reconstruct=lambda codes: map_blocks(self.quantizer.decode, codes),
             codebooks=self.quantizer.codebooks,
             collision=self.hparams.collision,
             config={"method": "rq-kmeans", "hparams": dict(self.hparams), "data": data},
@@ -177,8 +186,8 @@ class ProductKMeansTokenizer(OneStepTokenizer):
         return export_tokenizer(
             self.hparams.output_dir,
             features=x,
-            raw_codes=self.quantizer.encode(x),
-            last_distances=self.quantizer.last_distances(x),
+            raw_codes=map_blocks(self.quantizer.encode, x),
+            last_distances=lambda rows: self.quantizer.last_distances(x[rows]),
             reconstruct=self.quantizer.decode,
             codebooks=self.quantizer.codebooks,
             collision=self.hparams.collision,
@@ -301,13 +310,14 @@ class RQVAETokenizer(TokenizerModule):
         fit_seconds = time.perf_counter() - self.fit_start
         self.model.eval()
         x = features.to(self.device)
-        q = self.model.quantize(self.model.encode(x))
+        model = self.model
         return export_tokenizer(
             self.hparams.output_dir,
             features=x,
-            raw_codes=q.codes,
-            last_distances=last_level_distances(q, self.model.codebooks),
-            reconstruct=lambda codes: self.model.decode(self.model.decode_codes(codes)),
+            # The encoder and decoder run on blocks of items too: their hidden layers are wider than the features.
+            raw_codes=residual_codes(x, model.codebooks, encoder=model.encode),
+            last_distances=lambda rows: last_residual_distances(x, model.codebooks, rows, encoder=model.encode),
+            reconstruct=lambda codes: map_blocks(lambda block: model.decode(model.decode_codes(block)), codes),
             codebooks=self.model.codebooks,
             collision=self.hparams.collision,
             config={"method": "rq-vae", "hparams": dict(self.hparams), "data": data},

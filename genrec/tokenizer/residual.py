@@ -2,10 +2,16 @@
 
 TIGER §3.1: level 0 quantizes the vector, each later level quantizes what the previous levels left over
 (r_{l+1} = r_l - e_l), and the quantized vector is the sum of the chosen codebook rows.
+
+:func:`residual_quantize` returns every level's residual and chosen row, (b, l, d) each, which training needs;
+encoding a whole catalogue for export needs only the codes (:func:`residual_codes`) and, for items whose IDs
+collide, the last residual's distances to the last codebook (:func:`last_residual_distances`): both walk the rows in
+blocks and keep one block's residual at a time.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -13,7 +19,11 @@ import torch.nn.functional as F
 from einops import reduce
 from torch import Tensor
 
+from genrec.features.matrix import ENCODE_ROWS, Matrix, block, take
 from genrec.tokenizer.kmeans import nearest_centroid, squared_distances
+
+Encoder = Callable[[Tensor], Tensor]
+"""Maps a (b, d) float32 block of input rows to the (b, d') vectors the codebooks quantize (the RQ-VAE's encoder)."""
 
 
 class Quantization(NamedTuple):
@@ -102,3 +112,71 @@ def last_level_distances(quantization: Quantization, codebooks: Tensor) -> Tenso
         (n, k) float.
     """
     return squared_distances(quantization.residuals[:, -1].detach(), codebooks[-1].detach())
+
+
+@torch.no_grad()
+def _walk(z: Tensor, codebooks: Tensor) -> tuple[Tensor, Tensor]:
+    """Codes (b, l) of ``z`` (b, d) as :func:`residual_quantize` picks them, and the residual the last level saw."""
+    residual = z
+    codes = []
+    for level, codebook in enumerate(codebooks):
+        index, _ = nearest_centroid(residual, codebook)
+        codes.append(index)
+        if level < codebooks.shape[0] - 1:
+            residual = residual - codebook[index]
+    return torch.stack(codes, dim=1), residual
+
+
+@torch.no_grad()
+def residual_codes(
+    x: Matrix, codebooks: Tensor, *, encoder: Encoder | None = None, chunk_size: int = ENCODE_ROWS
+) -> Tensor:
+    """The codes of :func:`residual_quantize` for every row of ``x``, ``chunk_size`` rows at a time.
+
+    Holds one block's residual, never (n, l, d) residuals. The distance blocks are those of
+    :func:`residual_quantize` when ``chunk_size`` is a multiple of its 16384 rows, so the codes are the same bits
+    (with an ``encoder``, when ``x`` has at most ``chunk_size`` rows: a network need not give a row the same bits
+    in a batch of another size).
+
+    Args:
+        x: (n, d) tensor, array or memmap.
+        codebooks: (l, k, d') float.
+        encoder: maps each block of rows to what is quantized; None: the rows themselves.
+        chunk_size: rows per block.
+
+    Returns:
+        (n, l) int64 in [0, k), on ``codebooks.device``.
+    """
+    codebooks = codebooks.detach()
+    # One output, not a list of per-block codes: those, kept between large freed blocks, fragment the heap.
+    codes = torch.empty(x.shape[0], codebooks.shape[0], dtype=torch.int64, device=codebooks.device)
+    for start in range(0, x.shape[0], chunk_size):
+        z = block(x, start, start + chunk_size).to(codebooks.device)
+        codes[start : start + z.shape[0]] = _walk(z if encoder is None else encoder(z), codebooks)[0]
+    return codes
+
+
+@torch.no_grad()
+def last_residual_distances(
+    x: Matrix, codebooks: Tensor, rows: Tensor, *, encoder: Encoder | None = None, chunk_size: int = ENCODE_ROWS
+) -> Tensor:
+    """Squared distance from the last residual of some rows to every last-level code, as
+    :func:`last_level_distances` gives it for all rows: what moving colliding items needs.
+
+    Args:
+        x: (n, d) tensor, array or memmap.
+        codebooks: (l, k, d') float.
+        rows: (r,) int64 row indices.
+        encoder: as for :func:`residual_codes`.
+        chunk_size: rows per block.
+
+    Returns:
+        (r, k) float; row i is ``rows[i]``'s.
+    """
+    codebooks = codebooks.detach()
+    out = [torch.zeros(0, codebooks.shape[1], device=codebooks.device)]
+    for start in range(0, rows.numel(), chunk_size):
+        z = take(x, rows[start : start + chunk_size]).to(codebooks.device)
+        _, residual = _walk(z if encoder is None else encoder(z), codebooks)
+        out.append(squared_distances(residual, codebooks[-1]))
+    return torch.cat(out)
