@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from genrec.features.cooccurrence import CooccurrenceFeatures, cooccurrence_embeddings
+from genrec.features.cooccurrence import CooccurrenceFeatures, _pairs, cooccurrence_embeddings, symmetric_svd_lowrank
 from tests.conftest import write_sequences_dataset
 
 
@@ -32,3 +33,25 @@ def test_feature_source_and_errors(tmp_path):
     short = write_sequences_dataset(tmp_path / "s", ["1 1 2", "2 3 4"])
     with pytest.raises(ValueError, match="no co-occurring pairs"):
         cooccurrence_embeddings(short, dim=1)
+
+
+def test_pairs_are_every_pair_within_the_window_of_each_training_part():
+    rng = np.random.default_rng(0)
+    sequences = [rng.integers(0, 30, size=int(m)) for m in rng.integers(1, 12, size=50)]
+    expected = sorted((int(s[a]), int(s[a + o])) for s in sequences for o in (1, 2, 3)
+                      for a in range(max(len(s) - 2, 0) - o))
+    rows, cols = _pairs(sequences, window=3, holdout=2)
+    assert sorted(zip(rows.tolist(), cols.tolist())) == expected
+
+
+def test_symmetric_svd_of_large_catalogues_finds_the_top_singular_subspace():
+    g = torch.Generator().manual_seed(0)
+    factors = torch.randn(400, 6, generator=g)
+    dense = factors @ torch.diag(torch.tensor([40.0, 30, 20, 10, 5, 3])) @ factors.T
+    dense = dense + 0.01 * (lambda e: e + e.T)(torch.randn(400, 400, generator=g))
+    torch.manual_seed(0)
+    u, s = symmetric_svd_lowrank(dense.to_sparse_csr(), q=6, niter=4)
+    exact_u, exact_s, _ = torch.linalg.svd(dense)
+    torch.testing.assert_close(s, exact_s[:6], rtol=1e-3, atol=1e-3)
+    assert torch.linalg.svdvals(exact_u[:, :6].T @ u).min() > 0.999  # the same subspace
+    torch.testing.assert_close(u.T @ u, torch.eye(6), atol=1e-4, rtol=0)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from genrec.features import NpyFeatures, TextEmbeddings, feature_fingerprint, fuse_features, fuse_to_npy, load_features
+from genrec.features.source import normalize_features
 from genrec.tokenizer import (
     RQVAE,
     ResidualKMeans,
@@ -226,6 +227,15 @@ def test_fuse_features_normalises_and_weights(tmp_path):
     torch.testing.assert_close(fused[:, 3:].pow(2).sum(dim=1).mean(), torch.tensor(4.0 * 9 / 10))  # unbiased std
     np.save(tmp_path / "f.npy", b.numpy())
     torch.testing.assert_close(NpyFeatures(path=str(tmp_path / "f.npy")).load("any"), b)
+
+
+@pytest.mark.parametrize("how", ["l2", "standardize", "none"])
+def test_fusion_in_row_blocks_equals_whole_matrix_normalisation(how):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(1000, 7, generator=g) * 3 + 1, torch.rand(1000, 3, generator=g, dtype=torch.float64)
+    sources = [NpyFeatures(path="x.npy", normalize=how, weight=1.5), NpyFeatures(path="y.npy", normalize="l2")]
+    expected = torch.cat([normalize_features(x, how) * 1.5, normalize_features(y, "l2")], dim=1)
+    assert torch.equal(fuse_features([x, y], sources, chunk_rows=97), expected)  # the same bits, any block size
 
 
 def test_fuse_features_errors_name_source_and_rows():

@@ -153,12 +153,14 @@ def normalize_features(x: Tensor, how: Normalization, *, stats: tuple[Tensor, Te
     raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {how!r}")
 
 
-def fuse_features(matrices: list[Tensor], sources: list[FeatureSource]) -> Tensor:
-    """Normalises, weights and concatenates per-source matrices.
+def fuse_features(matrices: list[Tensor], sources: list[FeatureSource], *, chunk_rows: int = 1 << 16) -> Tensor:
+    """Normalises, weights and concatenates per-source matrices, ``chunk_rows`` rows at a time into the one output
+    (no whole-matrix temporaries: at a million items each would be another 1.5 GB).
 
     Args:
         matrices: one (n_items, d_s) float matrix per source.
         sources: the sources they came from (their ``normalize`` and ``weight``; ``describe()`` for errors).
+        chunk_rows: rows normalised at a time (``"standardize"`` takes its column statistics from all rows).
 
     Returns:
         (n_items, sum of d_s) float32.
@@ -167,9 +169,20 @@ def fuse_features(matrices: list[Tensor], sources: list[FeatureSource]) -> Tenso
         ValueError: on no sources, non-finite values (naming the source and rows) or differing item counts.
     """
     _check_matrices(matrices, sources)
-    return torch.cat(
-        [normalize_features(x, source.normalize) * source.weight for x, source in zip(matrices, sources)], dim=1
-    )
+    n = matrices[0].shape[0]
+    out = torch.empty(n, sum(x.shape[1] for x in matrices))
+    column = 0
+    for x, source in zip(matrices, sources):
+        stats = None
+        if source.normalize == "standardize":
+            whole = x.float()
+            stats = (whole.mean(dim=0), whole.std(dim=0))
+        width = x.shape[1]
+        for start in range(0, n, chunk_rows):
+            block = normalize_features(x[start : start + chunk_rows], source.normalize, stats=stats)
+            out[start : start + chunk_rows, column : column + width] = block * source.weight
+        column += width
+    return out
 
 
 def _check_matrices(matrices: list[Matrix], sources: list[FeatureSource]) -> None:
