@@ -169,15 +169,17 @@ def run_size(name: str, work: Path, *, steps: int, rqvae_steps: int, beam_users:
         r.update(write_synthetic(spec, path))
         del r["spec"]
 
-    with stages.stage("reference", what="sort, random gather and dict of the data's size") as r:
-        # Work that is linear by construction, on arrays the size of this dataset: the machine's own growth for
-        # linear work (caches, page faults), against which the stages' exponents are read.
+    with stages.stage("reference", what="sort of N keys, N random rows of an items x 16 table, dict of items") as r:
+        # Work that is linear by construction, shaped like the stages' (sorting the interactions, looking rows of
+        # an item table up at random, hashing item ids): the machine's own growth for linear work, against which
+        # the stages' exponents are read. An item table leaves the 32 MB L3 cache between 10^5 and 10^6 items.
         rng = np.random.default_rng(0)
         np.sort(rng.integers(0, 2**62, size=size.interactions))
-        rows = torch.randn(size.interactions, 16)
-        rows[torch.randperm(size.interactions)]
+        table = torch.randn(size.items, 16)
+        for start in range(0, size.interactions, 1 << 20):
+            table[torch.randint(size.items, (min(1 << 20, size.interactions - start),))].sum()
         {int(i): 1 for i in rng.integers(0, size.items, size=size.items)}
-        del rows
+        del table
 
     with stages.stage("load_split") as r:
         dataset = load_dataset(path)
