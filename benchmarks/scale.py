@@ -93,28 +93,27 @@ class Stages:
                  json.dumps(extra) if extra else "")
 
 
-class _StepClock:
-    """A Lightning callback that times training steps after the first ``warmup``."""
+def _step_clock(warmup: int):
+    """A Lightning callback that counts the samples of the training steps after the first ``warmup``;
+    ``samples_per_second()`` says their rate."""
+    import lightning.pytorch as pl
 
-    def __init__(self, warmup: int) -> None:
-        import lightning.pytorch as pl
+    class StepClock(pl.Callback):
+        def __init__(self) -> None:
+            self.samples, self.start = 0, None
 
-        class Clock(pl.Callback):
-            def __init__(inner) -> None:
-                inner.samples, inner.start = 0, None
+        def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+            if trainer.global_step == warmup:
+                self.start = time.perf_counter()
 
-            def on_train_batch_start(inner, trainer, module, batch, batch_idx) -> None:
-                if trainer.global_step == warmup:
-                    inner.start = time.perf_counter()
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+            if self.start is not None:
+                self.samples += len(batch["target"])
 
-            def on_train_batch_end(inner, trainer, module, outputs, batch, batch_idx) -> None:
-                if inner.start is not None:
-                    inner.samples += len(batch["target"])
+        def samples_per_second(self) -> float:
+            return self.samples / (time.perf_counter() - self.start)
 
-        self.callback = Clock()
-
-    def samples_per_second(self) -> float:
-        return self.callback.samples / (time.perf_counter() - self.callback.start)
+    return StepClock()
 
 
 def _trainer(**kwargs):
@@ -232,11 +231,11 @@ def run_size(name: str, work: Path, *, steps: int, rqvae_steps: int, beam_users:
     arch = T5Architecture(d_model=64, encoder_layers=2, decoder_layers=2, num_heads=4, d_kv=16, d_ff=256, dropout=0.0)
     model = GenerativeRecommender(level_sizes=data.level_sizes, n_items=n_items, max_len=20, arch=arch, lr=3e-3,
                                   warmup_steps=10, beam_width=20, top_k=20)
-    clock = _StepClock(warmup=min(5, steps - 1))
-    trainer = _trainer(max_steps=steps, limit_val_batches=0, num_sanity_val_steps=0, callbacks=[clock.callback])
+    clock = _step_clock(warmup=min(5, steps - 1))
+    trainer = _trainer(max_steps=steps, limit_val_batches=0, num_sanity_val_steps=0, callbacks=[clock])
     with stages.stage("train", steps=steps, batch_size=256) as r:
         trainer.fit(model, datamodule=data)
-        r["samples"] = clock.callback.samples
+        r["samples"] = clock.samples
         r["samples_per_s"] = round(clock.samples_per_second(), 1)
 
     with stages.stage("checkpoint") as r:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from genrec.data import SequenceDataset
 from genrec.features.cooccurrence import CooccurrenceFeatures, _pairs, cooccurrence_embeddings, symmetric_svd_lowrank
 from tests.conftest import write_sequences_dataset
 
@@ -40,7 +41,8 @@ def test_pairs_are_every_pair_within_the_window_of_each_training_part():
     sequences = [rng.integers(0, 30, size=int(m)) for m in rng.integers(1, 12, size=50)]
     expected = sorted((int(s[a]), int(s[a + o])) for s in sequences for o in (1, 2, 3)
                       for a in range(max(len(s) - 2, 0) - o))
-    rows, cols = _pairs(sequences, window=3, holdout=2)
+    dataset = SequenceDataset(name="random", user_ids=list(range(50)), item_ids=list(range(30)), sequences=sequences)
+    rows, cols = _pairs(dataset, window=3, holdout=2)
     assert sorted(zip(rows.tolist(), cols.tolist())) == expected
 
 

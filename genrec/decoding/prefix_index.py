@@ -140,13 +140,9 @@ class PrefixIndex:
                            for name, table in built.items()}
                 chosen = min(seconds, key=seconds.get)
             self.lookup_seconds.append(seconds)
-            if chosen == "csr":
-                self.csr.append(built.get("csr") or _csr(edge_key, child, n_parents, size))
-                self.tables.append(None)
-            else:
-                self.tables.append(built["dense"] if "dense" in built else _dense(edge_key, child, n_parents, size))
-                self.csr.append(None)
-            del built
+            table = built[chosen] if chosen in built else _BUILD[chosen](edge_key, child, n_parents, size)
+            self.tables.append(table if chosen == "dense" else None)
+            self.csr.append(table if chosen == "csr" else None)
             n_parents = edge_key.numel() if not last else n_parents
 
         self.to(device)
@@ -230,6 +226,9 @@ def _csr(edge_key: torch.Tensor, child: torch.Tensor, n_parents: int, size: int)
     row_ptr[1:] = torch.cumsum(torch.bincount(edge_key // size, minlength=n_parents), 0)
     fanout = int((row_ptr[1:] - row_ptr[:-1]).max())
     return _Csr(row_ptr=row_ptr, col=edge_key % size, child=child, max_fanout=fanout)
+
+
+_BUILD = {"dense": _dense, "csr": _csr}
 
 
 def _csr_children(csr: _Csr, size: int, nodes: torch.Tensor) -> torch.Tensor:

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genrec.data.dataset import load_dataset
-from genrec.data.split import HOLDOUT, training_part
+from genrec.data.dataset import SequenceDataset, load_dataset
+from genrec.data.split import HOLDOUT, training_interactions
 from genrec.features.source import FeatureSource, Normalization
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def cooccurrence_embeddings(
     n = ds.n_items
     if not 0 < dim < n:
         raise ValueError(f"dim must be in [1, n_items) = [1, {n}), got {dim}")
-    r, c = _pairs(ds.sequences, window=window, holdout=holdout)
+    r, c = _pairs(ds, window=window, holdout=holdout)
     if not len(r):
         raise ValueError(f"{ds.name}: no co-occurring pairs in the training sequences")
     r, c = torch.from_numpy(r), torch.from_numpy(c)
@@ -80,19 +80,15 @@ def cooccurrence_embeddings(
     return (u * s.sqrt()).float().contiguous()
 
 
-def _pairs(sequences: list[np.ndarray], *, window: int, holdout: int) -> tuple[np.ndarray, np.ndarray]:
+def _pairs(dataset: SequenceDataset, *, window: int, holdout: int) -> tuple[np.ndarray, np.ndarray]:
     """Every (earlier, later) pair of training items at most ``window`` positions apart within a user, as two
     (p,) int64 arrays (all users' pairs at distance 1, then 2, ...), from the concatenated training parts."""
-    parts = [training_part(seq, holdout) for seq in sequences]
-    lengths = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
-    flat = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
-    # Items left in their user's part after each position: a pair at distance o stays inside the part when > o.
-    left = np.repeat(np.cumsum(lengths), lengths) - np.arange(len(flat))
+    users, items = training_interactions(dataset, holdout)
     rows, cols = [], []
     for offset in range(1, window + 1):
-        at = np.flatnonzero(left > offset)
-        rows.append(flat[at])
-        cols.append(flat[at + offset])
+        at = np.flatnonzero(users[:-offset] == users[offset:])  # both ends in one user's training part
+        rows.append(items[at])
+        cols.append(items[at + offset])
     return np.concatenate(rows), np.concatenate(cols)
 
 

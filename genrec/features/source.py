@@ -169,20 +169,23 @@ def fuse_features(matrices: list[Tensor], sources: list[FeatureSource], *, chunk
         ValueError: on no sources, non-finite values (naming the source and rows) or differing item counts.
     """
     _check_matrices(matrices, sources)
-    n = matrices[0].shape[0]
-    out = torch.empty(n, sum(x.shape[1] for x in matrices))
-    column = 0
-    for x, source in zip(matrices, sources):
-        stats = None
-        if source.normalize == "standardize":
-            whole = x.float()
-            stats = (whole.mean(dim=0), whole.std(dim=0))
-        width = x.shape[1]
-        for start in range(0, n, chunk_rows):
-            block = normalize_features(x[start : start + chunk_rows], source.normalize, stats=stats)
-            out[start : start + chunk_rows, column : column + width] = block * source.weight
-        column += width
+    # The column statistics of all rows, as normalize_features would take them from the whole matrix.
+    stats = [(x.float().mean(dim=0), x.float().std(dim=0)) if source.normalize == "standardize" else None
+             for x, source in zip(matrices, sources)]
+    out = torch.empty(matrices[0].shape[0], sum(x.shape[1] for x in matrices), device=matrices[0].device)
+    _fuse_blocks(matrices, sources, stats, out, chunk_rows=chunk_rows)
     return out
+
+
+def _fuse_blocks(matrices: list[Matrix], sources: list[FeatureSource], stats: list[tuple[Tensor, Tensor] | None],
+                 out: Tensor | np.ndarray, *, chunk_rows: int) -> None:
+    """Writes the fusion of :func:`fuse_features` into ``out`` (a tensor, or an array such as a memmap),
+    ``chunk_rows`` rows at a time; ``stats`` are each ``"standardize"`` source's column statistics."""
+    for start in range(0, matrices[0].shape[0], chunk_rows):
+        parts = [normalize_features(block(x, start, start + chunk_rows), source.normalize, stats=stat) * source.weight
+                 for x, source, stat in zip(matrices, sources, stats)]
+        fused = torch.cat(parts, dim=1)
+        out[start : start + chunk_rows] = fused if isinstance(out, Tensor) else fused.cpu().numpy()
 
 
 def _check_matrices(matrices: list[Matrix], sources: list[FeatureSource]) -> None:
@@ -252,12 +255,7 @@ def fuse_to_npy(
              for x, source in zip(matrices, sources)]
     partial = path.with_name(f".{path.name}.partial")
     out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(n, sum(x.shape[1] for x in matrices)))
-    for start in range(0, n, chunk_rows):
-        parts = [
-            normalize_features(block(x, start, start + chunk_rows).cpu(), source.normalize, stats=stat) * source.weight
-            for x, source, stat in zip(matrices, sources, stats)
-        ]
-        out[start : start + chunk_rows] = torch.cat(parts, dim=1).numpy()
+    _fuse_blocks(matrices, sources, stats, out, chunk_rows=chunk_rows)
     out.flush()
     del out
     os.replace(partial, path)

@@ -217,7 +217,7 @@ class SemanticIdData(SplitDataModule):
         """(n_items + 1, tokens_per_item) encoder tokens of every item (see :func:`genrec.seq2seq.catalogue.item_token_table`)."""
         return self.catalogue.token_table(self.vocab)
 
-    def encode_samples(self, samples: Samples) -> TokenBatches:
+    def encode_samples(self, samples: Samples, tokens: HistoryTokens | None = None) -> TokenBatches:
         """A split part whose batches carry tokens, built from the samples' item indices as each batch is gathered
         (:class:`HistoryTokens`): the part stores only ``history`` (int32), ``users`` and ``target``.
 
@@ -225,7 +225,8 @@ class SemanticIdData(SplitDataModule):
             A :class:`TokenBatches` whose batches hold ``input_ids`` ((b, [1 +] max_len * tokens_per_item) int64
             left-padded with pad, trimmed of all-padding columns), ``attention_mask`` (same shape) int64, ``labels``
             (b, l) target tokens, ``target`` (b,) target item, ``users`` (b,) user index, ``history`` (b, max_len)
-            int64 item indices (-1 padded).
+            int64 item indices (-1 padded). ``tokens``: the derivation to share between parts (default: a new one
+            over :meth:`token_table`).
         """
         stored = {
             # int32 halves the largest tensor; item indices stay far below 2^31.
@@ -233,8 +234,8 @@ class SemanticIdData(SplitDataModule):
             "users": torch.from_numpy(samples.users),
             "target": torch.from_numpy(samples.target),
         }
-        derive = HistoryTokens(self.token_table(), self.vocab)
-        return TokenBatches(stored, trim=("input_ids", "attention_mask"), derive=derive)
+        tokens = tokens or HistoryTokens(self.token_table(), self.vocab)
+        return TokenBatches(stored, trim=("input_ids", "attention_mask"), derive=tokens)
 
     def setup(self, stage: str | None = None) -> None:
         if self.parts:
@@ -243,7 +244,8 @@ class SemanticIdData(SplitDataModule):
         empty = np.flatnonzero(split.test.lengths == 0)
         if len(empty):
             raise ValueError(f"{len(empty)} test users have an empty history (e.g. user index {empty[0]})")
-        self.parts = {name: self.encode_samples(getattr(split, name)) for name in ("train", "valid", "test")}
+        tokens = HistoryTokens(self.token_table(), self.vocab)  # one token table for the three parts
+        self.parts = {name: self.encode_samples(getattr(split, name), tokens) for name in ("train", "valid", "test")}
         log.info("samples: %s", {k: len(v) for k, v in self.parts.items()})
 
 
